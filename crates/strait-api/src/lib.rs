@@ -6,10 +6,12 @@
 
 pub mod duration;
 pub mod istio;
+pub mod mesh_config;
 pub mod object;
 pub mod validate;
 
 pub use duration::Duration;
+pub use mesh_config::MeshConfig;
 pub use object::{Kind, Object, ObjectRef, ParseError, Parsed, parse_object};
 pub use validate::{Issue, Issues, Severity};
 

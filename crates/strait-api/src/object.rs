@@ -296,7 +296,10 @@ impl Object {
                 issues.error(format!("metadata.labels[{k}]"), "invalid label key");
             }
             if !crate::validate::is_label_value(v) {
-                issues.error(format!("metadata.labels[{k}]"), format!("invalid label value {v:?}"));
+                issues.error(
+                    format!("metadata.labels[{k}]"),
+                    format!("invalid label value {v:?}"),
+                );
             }
         }
         match self {
@@ -333,7 +336,10 @@ fn validate_service(s: &Service, issues: &mut Issues) {
             && !n.is_empty()
             && !seen_names.insert(n.as_str())
         {
-            issues.error(format!("spec.ports[{i}].name"), format!("duplicate port name {n:?}"));
+            issues.error(
+                format!("spec.ports[{i}].name"),
+                format!("duplicate port name {n:?}"),
+            );
         }
         if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(t)) =
             &p.target_port
@@ -387,9 +393,10 @@ pub enum ParseError {
 /// Turns one manifest document into a typed object. `default_namespace` is used when a
 /// namespaced object names none (as `kubectl apply` does).
 pub fn parse_object(
-    value: serde_json::Value,
+    mut value: serde_json::Value,
     default_namespace: &str,
 ) -> Result<Parsed, ParseError> {
+    strip_nulls(&mut value);
     let obj = value
         .as_object()
         .ok_or_else(|| ParseError::NotAnObject("document is not a mapping".into()))?;
@@ -415,7 +422,10 @@ pub fn parse_object(
             .and_then(|m| m.get("name"))
             .and_then(|n| n.as_str())
             .unwrap_or("<unnamed>");
-        match meta.and_then(|m| m.get("namespace")).and_then(|n| n.as_str()) {
+        match meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(|n| n.as_str())
+        {
             Some(ns) if kind.is_namespaced() => format!("{ns}/{name}"),
             _ if kind.is_namespaced() => format!("{default_namespace}/{name}"),
             _ => name.to_string(),
@@ -456,6 +466,41 @@ pub fn parse_object(
     Ok(Parsed { object, warnings })
 }
 
+/// Rewrites serde_ignored's `spec.http.0.match.?.x` into the manifest spelling
+/// `spec.http[0].match.x`.
+fn normalize_path(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    for seg in p.split('.') {
+        if seg == "?" || seg.is_empty() {
+            continue;
+        }
+        if !out.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(seg);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+/// Drops `null` values from maps: the API server treats `field: null` as an absent field, and
+/// so do manifests read from files.
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
 /// Deserialises with the failing field's path in the error, and collects the paths of fields
 /// that were ignored (Istio kinds only: k8s-openapi types drop unknown fields silently).
 fn typed<T: DeserializeOwned>(
@@ -481,7 +526,7 @@ fn typed<T: DeserializeOwned>(
     })?;
     warnings.extend(ignored.into_iter().map(|field| Issue {
         severity: Severity::Warning,
-        field,
+        field: normalize_path(&field),
         message: "unknown field, ignored".to_string(),
     }));
     Ok(out)
@@ -517,7 +562,10 @@ mod tests {
             "default",
         )
         .expect("parses");
-        assert_eq!(p.object.reference(), ObjectRef::new(Kind::Service, "default", "web"));
+        assert_eq!(
+            p.object.reference(),
+            ObjectRef::new(Kind::Service, "default", "web")
+        );
         assert!(!p.object.validate().has_errors());
     }
 
@@ -529,7 +577,9 @@ mod tests {
         )
         .expect_err("bad port");
         match err {
-            ParseError::Field { kind, name, field, .. } => {
+            ParseError::Field {
+                kind, name, field, ..
+            } => {
                 assert_eq!(kind, Kind::Service);
                 assert_eq!(name, "shop/web");
                 assert_eq!(field, "spec.ports[0].port");
@@ -548,6 +598,18 @@ mod tests {
         let issues = p.object.validate();
         let fields: Vec<_> = issues.errors().map(|i| i.field.as_str()).collect();
         assert_eq!(fields, ["spec.ports[1].port", "spec.ports[1].name"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_warnings_with_manifest_paths() {
+        let p = parse_object(
+            yaml("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [r]\n  http:\n  - route:\n    - destination: {host: r, subset: null}\n      wieght: 5\n"),
+            "default",
+        )
+        .expect("parses");
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert_eq!(p.warnings[0].field, "spec.http[0].route[0].wieght");
+        assert_eq!(p.warnings[0].severity, Severity::Warning);
     }
 
     #[test]

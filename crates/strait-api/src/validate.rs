@@ -94,7 +94,9 @@ impl Issues {
 
     /// The warnings only.
     pub fn warnings(&self) -> impl Iterator<Item = &Issue> {
-        self.items.iter().filter(|i| i.severity == Severity::Warning)
+        self.items
+            .iter()
+            .filter(|i| i.severity == Severity::Warning)
     }
 }
 

@@ -9,12 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::validate::Issues;
 
+mod common;
 mod destination_rule;
 mod gateway;
 mod service_entry;
 mod sidecar;
 mod virtual_service;
 
+pub use common::*;
 pub use destination_rule::*;
 pub use gateway::*;
 pub use service_entry::*;

@@ -1,0 +1,81 @@
+//! What sources send to the index, and what the index tells the push controller changed.
+
+use std::collections::BTreeSet;
+
+use strait_api::{Kind, Object, ObjectRef};
+
+use crate::service::ServiceKey;
+
+/// A change from a config source. Sources validate objects before sending them.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Create or replace an object.
+    Apply(Box<Object>),
+    /// Remove an object.
+    Delete(ObjectRef),
+    /// Replace every object of these kinds with `objects`, at once (a relist).
+    Reset {
+        /// The kinds being replaced.
+        kinds: Vec<Kind>,
+        /// Their complete new content.
+        objects: Vec<Object>,
+    },
+    /// The source has delivered its initial state.
+    Synced,
+}
+
+/// What changed between two snapshots, so that a push touches only what it must.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    /// Everything may have changed (first snapshot, mesh config).
+    pub full: bool,
+    /// Services whose definition changed, appeared or disappeared.
+    pub services: BTreeSet<ServiceKey>,
+    /// Services whose endpoints changed (and nothing else about them).
+    pub endpoints: BTreeSet<ServiceKey>,
+    /// Istio config kinds with a changed object.
+    pub config: BTreeSet<Kind>,
+    /// Pods changed (identity, labels or IPs of workloads).
+    pub workloads: bool,
+    /// Secrets changed.
+    pub secrets: bool,
+    /// Namespaces changed.
+    pub namespaces: bool,
+}
+
+impl ChangeSet {
+    /// A change set that invalidates everything.
+    pub fn full() -> Self {
+        Self {
+            full: true,
+            ..Self::default()
+        }
+    }
+
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// True when only endpoints changed: an EDS-only push.
+    pub fn is_endpoints_only(&self) -> bool {
+        !self.endpoints.is_empty()
+            && !self.full
+            && self.services.is_empty()
+            && self.config.is_empty()
+            && !self.workloads
+            && !self.secrets
+            && !self.namespaces
+    }
+
+    /// Folds `other` into `self`.
+    pub fn merge(&mut self, other: ChangeSet) {
+        self.full |= other.full;
+        self.services.extend(other.services);
+        self.endpoints.extend(other.endpoints);
+        self.config.extend(other.config);
+        self.workloads |= other.workloads;
+        self.secrets |= other.secrets;
+        self.namespaces |= other.namespaces;
+    }
+}

@@ -1,0 +1,178 @@
+//! Envoy bootstrap documents that point a stock Envoy at strait.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde_json::{Value, json};
+use strait_model::Locality;
+
+/// What a bootstrap says about the proxy and where its control plane is.
+#[derive(Debug, Clone)]
+pub struct BootstrapOptions {
+    /// The xDS server, `host:port`.
+    pub xds_address: String,
+    /// The node id (`sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`).
+    pub node_id: String,
+    /// The node cluster (service cluster) name.
+    pub node_cluster: String,
+    /// The proxy's namespace.
+    pub namespace: Option<String>,
+    /// The proxy's labels.
+    pub labels: BTreeMap<String, String>,
+    /// Without traffic capture: where outbound listeners bind.
+    pub outbound_bind: Option<IpAddr>,
+    /// Without traffic capture: where the application listens.
+    pub app_address: Option<IpAddr>,
+    /// The admin interface address.
+    pub admin_address: IpAddr,
+    /// The admin interface port.
+    pub admin_port: u16,
+    /// Incremental (Delta) xDS instead of state of the world.
+    pub delta: bool,
+    /// The proxy's locality.
+    pub locality: Option<Locality>,
+    /// Extra node metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Default for BootstrapOptions {
+    fn default() -> Self {
+        Self {
+            xds_address: "127.0.0.1:15010".to_string(),
+            node_id: "sidecar~127.0.0.1~proxy.default~default.svc.cluster.local".to_string(),
+            node_cluster: "strait-proxy".to_string(),
+            namespace: None,
+            labels: BTreeMap::new(),
+            outbound_bind: None,
+            app_address: None,
+            admin_address: IpAddr::from([127, 0, 0, 1]),
+            admin_port: 15000,
+            delta: false,
+            locality: None,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// Splits `host:port` (IPv6 hosts in brackets).
+fn split_host_port(addr: &str) -> (String, u16) {
+    if let Some((h, p)) = addr.rsplit_once(':')
+        && let Ok(port) = p.parse::<u16>()
+    {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        return (h.to_string(), port);
+    }
+    (addr.to_string(), 15010)
+}
+
+/// A complete bootstrap, as a JSON value (Envoy reads it as YAML or JSON).
+pub fn bootstrap(o: &BootstrapOptions) -> Value {
+    let (xds_host, xds_port) = split_host_port(&o.xds_address);
+    let mut metadata = serde_json::Map::new();
+    for (k, v) in &o.metadata {
+        metadata.insert(k.clone(), json!(v));
+    }
+    if let Some(ns) = &o.namespace {
+        metadata.insert("NAMESPACE".into(), json!(ns));
+    }
+    if !o.labels.is_empty() {
+        metadata.insert("LABELS".into(), json!(o.labels));
+    }
+    if let Some(b) = o.outbound_bind {
+        metadata.insert("INTERCEPTION_MODE".into(), json!("NONE"));
+        metadata.insert("STRAIT_OUTBOUND_BIND".into(), json!(b.to_string()));
+    }
+    if let Some(a) = o.app_address {
+        metadata.insert("STRAIT_APP_ADDRESS".into(), json!(a.to_string()));
+    }
+    let mut node = json!({
+        "id": o.node_id,
+        "cluster": o.node_cluster,
+        "metadata": metadata,
+    });
+    if let Some(l) = &o.locality {
+        node["locality"] = json!({"region": l.region, "zone": l.zone, "sub_zone": l.subzone});
+    }
+    // IPs connect as STATIC; names need DNS.
+    let xds_type = if xds_host.parse::<IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
+    json!({
+        "node": node,
+        "admin": {
+            "address": {"socket_address": {"address": o.admin_address.to_string(), "port_value": o.admin_port}},
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": if o.delta { "DELTA_GRPC" } else { "GRPC" },
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {
+            "clusters": [{
+                "name": "xds-grpc",
+                "type": xds_type,
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": "xds-grpc",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                        "address": xds_host, "port_value": xds_port,
+                    }}}}]}],
+                },
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {
+                            "connection_keepalive": {"interval": "30s", "timeout": "10s"},
+                        }},
+                    },
+                },
+                "upstream_connection_options": {"tcp_keepalive": {"keepalive_time": 300}},
+            }],
+        },
+        // Without a connection limit Envoy warns at start; this one is effectively unlimited.
+        "overload_manager": {
+            "resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": 2147483647,
+                },
+            }],
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_shape() {
+        let b = bootstrap(&BootstrapOptions {
+            xds_address: "strait.istio-system.svc:15010".into(),
+            outbound_bind: Some(IpAddr::from([127, 0, 0, 1])),
+            delta: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            b["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
+        );
+        assert_eq!(b["node"]["metadata"]["INTERCEPTION_MODE"], "NONE");
+        let c = &b["static_resources"]["clusters"][0];
+        assert_eq!(c["type"], "STRICT_DNS");
+        assert_eq!(
+            c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                ["port_value"],
+            15010
+        );
+        assert_eq!(split_host_port("[::1]:9000"), ("::1".to_string(), 9000));
+    }
+}

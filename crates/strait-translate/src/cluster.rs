@@ -1,0 +1,270 @@
+//! Clusters: one outbound cluster per service port, the static catch-alls, and the inbound
+//! clusters of a proxy's own workload.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, circuit_breakers, cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    BindConfig, Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress, socket_address,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use strait_model::{
+    InterceptionMode, MeshSnapshot, Protocol, Proxy, Service, ServiceKind, TargetPort,
+};
+
+use crate::names;
+use crate::util::{
+    ads_config_source, any, duration, ip_address, seconds, socket_address, u32_value,
+};
+
+const DEFAULT_CONNECT_TIMEOUT_SECS: i64 = 10;
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+fn connect_timeout(snap: &MeshSnapshot) -> envoy_types::pb::google::protobuf::Duration {
+    snap.mesh
+        .connect_timeout
+        .map(|d| duration(d.get()))
+        .unwrap_or_else(|| seconds(DEFAULT_CONNECT_TIMEOUT_SECS))
+}
+
+/// Envoy's default circuit-breaker limits (1024) would throttle a busy mesh that asked for no
+/// limits; like Istio, lift them unless a DestinationRule sets its own.
+fn unlimited_circuit_breakers() -> CircuitBreakers {
+    CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            max_connections: u32_value(u32::MAX),
+            max_pending_requests: u32_value(u32::MAX),
+            max_requests: u32_value(u32::MAX),
+            max_retries: u32_value(u32::MAX),
+            track_remaining: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Upstream protocol options: explicit HTTP/2 for h2 and gRPC ports.
+fn protocol_options(
+    protocol: Protocol,
+) -> std::collections::HashMap<String, envoy_types::pb::google::protobuf::Any> {
+    let mut m = std::collections::HashMap::new();
+    if protocol.is_http2() {
+        let opts = HttpProtocolOptions {
+            upstream_protocol_options: Some(
+                http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                    http_protocol_options::ExplicitHttpConfig {
+                        protocol_config: Some(
+                            http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                                Http2ProtocolOptions::default(),
+                            ),
+                        ),
+                    },
+                ),
+            ),
+            ..Default::default()
+        };
+        m.insert(HTTP_PROTOCOL_OPTIONS.to_string(), any(&opts));
+    }
+    m
+}
+
+fn discovery_type(t: cluster::DiscoveryType) -> Option<cluster::ClusterDiscoveryType> {
+    Some(cluster::ClusterDiscoveryType::Type(t as i32))
+}
+
+/// The outbound clusters of one Service: `outbound|<port>||<host>` for every proxied port.
+pub fn outbound_clusters(snap: &MeshSnapshot, svc: &Service) -> Vec<Cluster> {
+    svc.ports
+        .iter()
+        .filter(|p| p.protocol.is_proxied())
+        .map(|p| {
+            let name = names::outbound_cluster(p.port, "", &svc.hostname);
+            let mut c = Cluster {
+                name: name.clone(),
+                connect_timeout: Some(connect_timeout(snap)),
+                lb_policy: cluster::LbPolicy::LeastRequest as i32,
+                circuit_breakers: Some(unlimited_circuit_breakers()),
+                typed_extension_protocol_options: protocol_options(p.protocol),
+                ..Default::default()
+            };
+            match &svc.kind {
+                ServiceKind::ExternalName(target) => {
+                    c.cluster_discovery_type = discovery_type(cluster::DiscoveryType::StrictDns);
+                    c.dns_lookup_family = cluster::DnsLookupFamily::V4Only as i32;
+                    c.load_assignment = Some(ClusterLoadAssignment {
+                        cluster_name: name,
+                        endpoints: vec![LocalityLbEndpoints {
+                            lb_endpoints: vec![lb(socket_address(target, p.port))],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    });
+                }
+                ServiceKind::ClusterIp | ServiceKind::Headless => {
+                    c.cluster_discovery_type = discovery_type(cluster::DiscoveryType::Eds);
+                    c.eds_cluster_config = Some(cluster::EdsClusterConfig {
+                        eds_config: Some(ads_config_source()),
+                        service_name: name,
+                    });
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+fn lb(address: envoy_types::pb::envoy::config::core::v3::Address) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(address),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// Clusters every sidecar has: `BlackHoleCluster`, and with traffic capture the original
+/// destination passthrough clusters.
+pub fn static_clusters(snap: &MeshSnapshot, interception: InterceptionMode) -> Vec<Cluster> {
+    let mut out = vec![Cluster {
+        name: names::BLACKHOLE_CLUSTER.to_string(),
+        cluster_discovery_type: discovery_type(cluster::DiscoveryType::Static),
+        connect_timeout: Some(connect_timeout(snap)),
+        ..Default::default()
+    }];
+    if interception == InterceptionMode::Redirect {
+        let mut use_downstream = std::collections::HashMap::new();
+        use_downstream.insert(
+            HTTP_PROTOCOL_OPTIONS.to_string(),
+            any(&HttpProtocolOptions {
+                upstream_protocol_options: Some(
+                    http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                        http_protocol_options::UseDownstreamHttpConfig {
+                            http_protocol_options: Some(Http1ProtocolOptions::default()),
+                            http2_protocol_options: Some(Http2ProtocolOptions::default()),
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }),
+        );
+        out.push(Cluster {
+            name: names::PASSTHROUGH_CLUSTER.to_string(),
+            cluster_discovery_type: discovery_type(cluster::DiscoveryType::OriginalDst),
+            lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+            connect_timeout: Some(connect_timeout(snap)),
+            circuit_breakers: Some(unlimited_circuit_breakers()),
+            typed_extension_protocol_options: use_downstream.clone(),
+            ..Default::default()
+        });
+        out.push(Cluster {
+            name: names::INBOUND_PASSTHROUGH_CLUSTER.to_string(),
+            cluster_discovery_type: discovery_type(cluster::DiscoveryType::OriginalDst),
+            lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+            connect_timeout: Some(connect_timeout(snap)),
+            circuit_breakers: Some(unlimited_circuit_breakers()),
+            typed_extension_protocol_options: use_downstream,
+            upstream_bind_config: Some(inbound_bind_config()),
+            ..Default::default()
+        });
+    }
+    out
+}
+
+fn inbound_bind_config() -> BindConfig {
+    BindConfig {
+        source_address: Some(SocketAddress {
+            address: names::INBOUND_PASSTHROUGH_BIND.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(0)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// One port the proxy's own workload serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct InboundPort {
+    /// The port the application listens on.
+    pub target_port: u16,
+    /// Its protocol (from the first service port that targets it).
+    pub protocol: Protocol,
+}
+
+/// The ports of the Services that select this proxy's workload, by target port.
+pub fn inbound_ports(snap: &MeshSnapshot, proxy: &Proxy) -> Vec<InboundPort> {
+    if proxy.node.kind != strait_model::ProxyKind::Sidecar {
+        return Vec::new();
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for svc in snap.services_selecting(&proxy.namespace, &proxy.labels) {
+        for p in svc.ports.iter().filter(|p| p.protocol.is_proxied()) {
+            let target = match &p.target_port {
+                TargetPort::Number(n) => Some(*n),
+                TargetPort::Name(name) => proxy.workload.as_ref().and_then(|w| w.named_port(name)),
+            };
+            if let Some(t) = target
+                && seen.insert(t)
+            {
+                out.push(InboundPort {
+                    target_port: t,
+                    protocol: p.protocol,
+                });
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The inbound clusters `inbound|<port>||` for the proxy's workload. With traffic capture
+/// they forward to the original destination (the pod's own address, sent from 127.0.0.6 so
+/// the capture rules let it pass); without, to the application's address.
+pub fn inbound_clusters(snap: &MeshSnapshot, proxy: &Proxy, ports: &[InboundPort]) -> Vec<Cluster> {
+    ports
+        .iter()
+        .map(|p| {
+            let name = names::inbound_cluster(p.target_port);
+            let mut c = Cluster {
+                name: name.clone(),
+                connect_timeout: Some(connect_timeout(snap)),
+                circuit_breakers: Some(unlimited_circuit_breakers()),
+                typed_extension_protocol_options: protocol_options(p.protocol),
+                ..Default::default()
+            };
+            match proxy.node.interception {
+                InterceptionMode::Redirect => {
+                    c.cluster_discovery_type = discovery_type(cluster::DiscoveryType::OriginalDst);
+                    c.lb_policy = cluster::LbPolicy::ClusterProvided as i32;
+                    c.upstream_bind_config = Some(inbound_bind_config());
+                }
+                InterceptionMode::None => {
+                    let app = proxy
+                        .node
+                        .app_address
+                        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+                    c.cluster_discovery_type = discovery_type(cluster::DiscoveryType::Static);
+                    c.load_assignment = Some(ClusterLoadAssignment {
+                        cluster_name: name,
+                        endpoints: vec![LocalityLbEndpoints {
+                            lb_endpoints: vec![lb(ip_address(app, p.target_port))],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    });
+                }
+            }
+            c
+        })
+        .collect()
+}

@@ -1,0 +1,66 @@
+//! ClusterLoadAssignments: the ready endpoints of a service port, grouped by locality.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use strait_model::{EndpointSet, Health, Service, ServicePort};
+
+use crate::names;
+use crate::util::{ip_address, u32_value};
+
+/// The load assignment of `outbound|<port>||<host>`: ready endpoints only (not-ready and
+/// terminating ones receive no new traffic), grouped by locality in a stable order.
+pub fn load_assignment(
+    svc: &Service,
+    port: &ServicePort,
+    endpoints: Option<&EndpointSet>,
+) -> ClusterLoadAssignment {
+    let cluster_name = names::outbound_cluster(port.port, "", &svc.hostname);
+    let mut by_locality: BTreeMap<&strait_model::Locality, Vec<(std::net::IpAddr, u16)>> =
+        BTreeMap::new();
+    if let Some(set) = endpoints {
+        for (e, target) in set.for_port(port.name.as_deref()) {
+            if e.health == Health::Healthy {
+                by_locality
+                    .entry(&e.locality)
+                    .or_default()
+                    .push((e.address, target));
+            }
+        }
+    }
+    let endpoints = by_locality
+        .into_iter()
+        .map(|(loc, mut addrs)| {
+            addrs.sort();
+            addrs.dedup();
+            LocalityLbEndpoints {
+                locality: (!loc.is_empty()).then(|| Locality {
+                    region: loc.region.clone(),
+                    zone: loc.zone.clone(),
+                    sub_zone: loc.subzone.clone(),
+                }),
+                lb_endpoints: addrs
+                    .into_iter()
+                    .map(|(ip, p)| LbEndpoint {
+                        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                            address: Some(ip_address(ip, p)),
+                            ..Default::default()
+                        })),
+                        health_status: HealthStatus::Healthy as i32,
+                        load_balancing_weight: u32_value(1),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name,
+        endpoints,
+        ..Default::default()
+    }
+}

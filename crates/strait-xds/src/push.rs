@@ -1,0 +1,225 @@
+//! The push controller: applies source events to the mesh index, debounces them, and hands
+//! every connected proxy its new snapshot.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use strait_model::{ChangeSet, Event, MeshIndex, MeshSnapshot, Proxy, ProxyNode};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::cache::{ConfigCache, OwnLayers};
+use crate::metrics::XdsMetrics;
+use crate::resource::{ProxySnapshot, XdsType};
+use crate::server::{SnapshotSource, Subscription};
+use crate::status::SyncRegistry;
+
+/// How changes are coalesced into pushes.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Push once no change has arrived for this long.
+    pub debounce: Duration,
+    /// …but never later than this after the first change of a burst.
+    pub debounce_max: Duration,
+    /// How many sources must report `Synced` before the first push.
+    pub sources: usize,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(100),
+            debounce_max: Duration::from_secs(1),
+            sources: 1,
+        }
+    }
+}
+
+struct ProxyEntry {
+    node: Arc<ProxyNode>,
+    tx: watch::Sender<Option<Arc<ProxySnapshot>>>,
+    own: Option<OwnLayers>,
+}
+
+struct State {
+    mesh: Option<Arc<MeshSnapshot>>,
+    cache: ConfigCache,
+    proxies: HashMap<u64, ProxyEntry>,
+    next_id: u64,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    ready: AtomicBool,
+    metrics: Arc<XdsMetrics>,
+    registry: Arc<SyncRegistry>,
+}
+
+/// Owns the translation cache and the connected proxies' snapshot channels.
+#[derive(Clone)]
+pub struct PushController {
+    inner: Arc<Inner>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl PushController {
+    /// A controller with no mesh yet.
+    pub fn new(metrics: Arc<XdsMetrics>, registry: Arc<SyncRegistry>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    mesh: None,
+                    cache: ConfigCache::new(),
+                    proxies: HashMap::new(),
+                    next_id: 1,
+                }),
+                ready: AtomicBool::new(false),
+                metrics,
+                registry,
+            }),
+        }
+    }
+
+    /// True once the first complete mesh has been pushed.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// The mesh snapshot proxies are served from.
+    pub fn mesh(&self) -> Option<Arc<MeshSnapshot>> {
+        lock(&self.inner.state).mesh.clone()
+    }
+
+    /// Moves every proxy to `mesh`. Builds shared resources once, then each proxy's snapshot.
+    pub fn push(&self, mesh: Arc<MeshSnapshot>, changes: &ChangeSet) {
+        let started = Instant::now();
+        let mut state = lock(&self.inner.state);
+        let state = &mut *state;
+        state.cache.update(mesh.clone(), changes);
+        state.mesh = Some(mesh.clone());
+        // Inbound layers depend on services, workloads and the mesh config, not endpoints.
+        let keep_own = changes.is_endpoints_only();
+        let mut sent = 0usize;
+        for entry in state.proxies.values_mut() {
+            let proxy = Proxy::resolve(entry.node.clone(), &mesh);
+            let own = if keep_own { entry.own.clone() } else { None };
+            let (snap, own) = state.cache.proxy_snapshot(&proxy, own);
+            entry.own = Some(own);
+            let unchanged = entry.tx.borrow().as_ref().is_some_and(|old| {
+                XdsType::ALL
+                    .iter()
+                    .all(|t| old.view(*t).same_as(snap.view(*t)))
+            });
+            if !unchanged {
+                entry.tx.send_replace(Some(Arc::new(snap)));
+                sent += 1;
+            }
+        }
+        self.inner.registry.set_mesh_version(mesh.version);
+        self.inner.metrics.pushes.inc();
+        let elapsed = started.elapsed();
+        self.inner
+            .metrics
+            .push_seconds
+            .observe(elapsed.as_secs_f64());
+        info!(
+            version = mesh.version,
+            proxies = state.proxies.len(),
+            updated = sent,
+            endpoints_only = changes.is_endpoints_only(),
+            services = changes.services.len(),
+            endpoint_services = changes.endpoints.len(),
+            ms = elapsed.as_secs_f64() * 1000.0,
+            "pushed"
+        );
+        self.inner.ready.store(true, Ordering::Release);
+    }
+
+    /// Runs the model side: applies `events` to `index`, and pushes debounced snapshots. Returns
+    /// when the event channel closes.
+    pub async fn run(
+        self,
+        mut index: MeshIndex,
+        mut events: mpsc::Receiver<Event>,
+        opts: PushOptions,
+    ) {
+        let mut synced = 0usize;
+        // Initial load: no push until every source has delivered its initial state, so a
+        // proxy never sees a half-loaded mesh.
+        while synced < opts.sources {
+            match events.recv().await {
+                Some(Event::Synced) => synced += 1,
+                Some(e) => index.handle(e),
+                None => return,
+            }
+        }
+        let (mesh, changes) = index.snapshot();
+        info!(
+            services = mesh.services.len(),
+            config = mesh.config.len(),
+            "initial mesh loaded"
+        );
+        self.push_blocking(mesh, changes).await;
+        loop {
+            let Some(first) = events.recv().await else {
+                return;
+            };
+            index.handle(first);
+            let burst = Instant::now();
+            loop {
+                let remaining = opts.debounce_max.saturating_sub(burst.elapsed());
+                if remaining.is_zero() {
+                    break;
+                }
+                match tokio::time::timeout(opts.debounce.min(remaining), events.recv()).await {
+                    Ok(Some(e)) => index.handle(e),
+                    Ok(None) => break,
+                    Err(_) => break,
+                }
+            }
+            if !index.has_changes() {
+                debug!("burst changed nothing");
+                continue;
+            }
+            let (mesh, changes) = index.snapshot();
+            if changes.is_empty() {
+                continue;
+            }
+            self.push_blocking(mesh, changes).await;
+        }
+    }
+
+    async fn push_blocking(&self, mesh: Arc<MeshSnapshot>, changes: ChangeSet) {
+        let me = self.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || me.push(mesh, &changes)).await {
+            warn!(%error, "push task failed");
+        }
+    }
+}
+
+impl SnapshotSource for PushController {
+    fn subscribe(&self, node: Arc<ProxyNode>) -> Subscription {
+        let mut state = lock(&self.inner.state);
+        let state = &mut *state;
+        let id = state.next_id;
+        state.next_id += 1;
+        let (tx, rx) = watch::channel(None);
+        let mut own = None;
+        if let Some(mesh) = state.mesh.clone() {
+            let proxy = Proxy::resolve(node.clone(), &mesh);
+            let (snap, layers) = state.cache.proxy_snapshot(&proxy, None);
+            own = Some(layers);
+            tx.send_replace(Some(Arc::new(snap)));
+        }
+        state.proxies.insert(id, ProxyEntry { node, tx, own });
+        let inner = self.inner.clone();
+        Subscription::new(rx, move || {
+            lock(&inner.state).proxies.remove(&id);
+        })
+    }
+}

@@ -1,0 +1,735 @@
+//! The ADS gRPC service: `StreamAggregatedResources` (state of the world) and
+//! `DeltaAggregatedResources` (incremental), generic over where snapshots come from.
+//!
+//! Each stream runs one task that owns its per-type state: what the proxy subscribed to, what
+//! was last sent (as shared views, so it costs pointers), the last nonce, and the ACK/NACK
+//! outcome, which it mirrors into the [`SyncRegistry`]. Responses go through a small bounded
+//! channel: a slow proxy slows only its own task, and because snapshots arrive on a `watch`
+//! channel, a proxy that falls behind skips intermediate versions instead of queueing them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
+use tonic::server::{Grpc, NamedService, StreamingService};
+use tonic::{Status, Streaming};
+use tonic_prost::ProstCodec;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use strait_model::ProxyNode;
+
+use crate::metrics::XdsMetrics;
+use crate::node::proxy_node;
+use crate::resource::{ProxySnapshot, Resource, TypeView, XdsType};
+use crate::status::{ConnectionStatus, Nack, SyncRegistry, now_secs};
+use crate::wire::{DeltaResponse, SotwResponse};
+
+/// Where the server gets each proxy's snapshots.
+pub trait SnapshotSource: Send + Sync + 'static {
+    /// Registers a connected proxy. The receiver holds `None` until the mesh has been loaded,
+    /// then the proxy's latest snapshot; dropping the subscription unregisters the proxy.
+    fn subscribe(&self, node: Arc<ProxyNode>) -> Subscription;
+}
+
+/// A proxy's registration with a [`SnapshotSource`].
+pub struct Subscription {
+    /// The proxy's snapshots.
+    pub snapshots: watch::Receiver<Option<Arc<ProxySnapshot>>>,
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Subscription {
+    /// A subscription that runs `on_drop` when the stream ends.
+    pub fn new(
+        snapshots: watch::Receiver<Option<Arc<ProxySnapshot>>>,
+        on_drop: impl FnOnce() + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            snapshots,
+            on_drop: Some(Box::new(on_drop)),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
+}
+
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+/// Responses queued per stream before the stream's task waits for the proxy.
+const SEND_QUEUE: usize = 4;
+
+struct Shared<S> {
+    source: S,
+    registry: Arc<SyncRegistry>,
+    metrics: Arc<XdsMetrics>,
+}
+
+/// The ADS service, ready to add to a tonic server.
+pub struct AdsService<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for AdsService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: SnapshotSource> AdsService<S> {
+    /// A service serving snapshots from `source`, recording delivery in `registry`.
+    pub fn new(source: S, registry: Arc<SyncRegistry>, metrics: Arc<XdsMetrics>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                source,
+                registry,
+                metrics,
+            }),
+        }
+    }
+}
+
+impl<S> NamedService for AdsService<S> {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+impl<S, B> Service<http::Request<B>> for AdsService<S>
+where
+    S: SnapshotSource,
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let shared = self.shared.clone();
+        match req.uri().path() {
+            SOTW_PATH => Box::pin(async move {
+                let mut grpc = Grpc::new(ProstCodec::<SotwResponse, DiscoveryRequest>::default())
+                    .max_decoding_message_size(16 << 20);
+                Ok(grpc.streaming(SotwSvc(shared), req).await)
+            }),
+            DELTA_PATH => Box::pin(async move {
+                let mut grpc =
+                    Grpc::new(ProstCodec::<DeltaResponse, DeltaDiscoveryRequest>::default())
+                        .max_decoding_message_size(16 << 20);
+                Ok(grpc.streaming(DeltaSvc(shared), req).await)
+            }),
+            _ => Box::pin(async move { Ok(Status::unimplemented("unknown method").into_http()) }),
+        }
+    }
+}
+
+struct SotwSvc<S>(Arc<Shared<S>>);
+struct DeltaSvc<S>(Arc<Shared<S>>);
+
+impl<S: SnapshotSource> StreamingService<DiscoveryRequest> for SotwSvc<S> {
+    type Response = SotwResponse;
+    type ResponseStream = ReceiverStream<Result<SotwResponse, Status>>;
+    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let peer = request.remote_addr();
+            let (tx, rx) = mpsc::channel(SEND_QUEUE);
+            tokio::spawn(run_sotw(shared, request.into_inner(), tx, peer));
+            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        })
+    }
+}
+
+impl<S: SnapshotSource> StreamingService<DeltaDiscoveryRequest> for DeltaSvc<S> {
+    type Response = DeltaResponse;
+    type ResponseStream = ReceiverStream<Result<DeltaResponse, Status>>;
+    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let peer = request.remote_addr();
+            let (tx, rx) = mpsc::channel(SEND_QUEUE);
+            tokio::spawn(run_delta(shared, request.into_inner(), tx, peer));
+            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        })
+    }
+}
+
+/// Why a stream ended.
+#[derive(Debug)]
+enum End {
+    /// The proxy closed it or went away.
+    Closed,
+    /// The proxy sent something unusable.
+    Refused(Status),
+}
+
+/// A connected proxy: node, status, snapshots. Unregisters on drop.
+struct Conn {
+    node: Arc<ProxyNode>,
+    status: Arc<ConnectionStatus>,
+    registry: Arc<SyncRegistry>,
+    metrics: Arc<XdsMetrics>,
+    sub: Subscription,
+    snapshot: Option<Arc<ProxySnapshot>>,
+    nonce: u64,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.registry.disconnect(self.status.conn);
+        self.metrics.connected.dec();
+    }
+}
+
+impl Conn {
+    fn open<S: SnapshotSource>(
+        shared: &Shared<S>,
+        node: &envoy_types::pb::envoy::config::core::v3::Node,
+        delta: bool,
+        peer: Option<SocketAddr>,
+    ) -> Result<Conn, Status> {
+        let parsed = proxy_node(node).map_err(|e| {
+            warn!(proxy = %node.id, error = %e, "proxy refused: unusable node");
+            Status::invalid_argument(e.to_string())
+        })?;
+        let node = Arc::new(parsed);
+        let status = shared.registry.connect(
+            node.id.clone(),
+            node.envoy_version.map(|v| v.to_string()),
+            delta,
+            peer.map(|p| p.to_string()),
+        );
+        shared.metrics.connected.inc();
+        let sub = shared.source.subscribe(node.clone());
+        info!(proxy = %node.id, delta, envoy = ?node.envoy_version.map(|v| v.to_string()), "proxy connected");
+        Ok(Conn {
+            node,
+            status,
+            registry: shared.registry.clone(),
+            metrics: shared.metrics.clone(),
+            sub,
+            snapshot: None,
+            nonce: 0,
+        })
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonce += 1;
+        self.nonce.to_string()
+    }
+
+    fn control_plane(&self) -> Arc<str> {
+        self.registry.control_plane().clone()
+    }
+
+    /// Records a rejection: logged with the proxy, type, nonce and Envoy's text, and kept for
+    /// status.
+    fn nack(&self, t: XdsType, nonce: &str, version: &str, message: &str) {
+        warn!(proxy = %self.node.id, r#type = t.short(), nonce, version, error = message, "proxy rejected configuration (NACK)");
+        self.metrics.nack(t);
+        self.status.update(t, |s| {
+            s.nack = Some(Nack {
+                nonce: nonce.to_string(),
+                version: version.to_string(),
+                message: message.to_string(),
+                at: now_secs(),
+            });
+        });
+    }
+
+    fn ack(&self, t: XdsType, nonce: &str, version: &str) {
+        debug!(proxy = %self.node.id, r#type = t.short(), nonce, version, "ACK");
+        self.status.update(t, |s| {
+            s.acked_nonce = Some(nonce.to_string());
+            s.acked_version = Some(version.to_string());
+            if s.nack.as_ref().is_some_and(|n| n.nonce != nonce) {
+                s.nack = None;
+            }
+        });
+    }
+
+    fn sent(&self, t: XdsType, nonce: &str, version: &str, bytes: usize, resources: usize) {
+        self.metrics.response(t, bytes);
+        self.status.update(t, |s| {
+            s.sent_nonce = Some(nonce.to_string());
+            s.sent_version = Some(version.to_string());
+            s.responses += 1;
+            s.resources = resources;
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// State of the world
+// ---------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct SotwType {
+    subscribed: bool,
+    /// Requested names (EDS, RDS); CDS and LDS are always wildcard.
+    names: BTreeSet<Arc<str>>,
+    /// The view the proxy holds (None: nothing sent yet, or a full resend is due).
+    sent: Option<TypeView>,
+    nonce: Option<String>,
+}
+
+async fn run_sotw<S: SnapshotSource>(
+    shared: Arc<Shared<S>>,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<SotwResponse, Status>>,
+    peer: Option<SocketAddr>,
+) {
+    let first = match requests.message().await {
+        Ok(Some(r)) => r,
+        _ => return,
+    };
+    let Some(node) = first.node.as_ref() else {
+        let _ = tx
+            .send(Err(Status::invalid_argument(
+                "first request carries no node",
+            )))
+            .await;
+        return;
+    };
+    let mut conn = match Conn::open(&shared, node, false, peer) {
+        Ok(c) => c,
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let span = info_span!("ads", proxy = %conn.node.id);
+    let end: Result<(), End> = async {
+        let mut types: [SotwType; 5] = Default::default();
+        conn.snapshot = conn.sub.snapshots.borrow_and_update().clone();
+        sotw_request(&mut conn, &mut types, first, &tx).await?;
+        loop {
+            tokio::select! {
+                req = requests.message() => match req {
+                    Ok(Some(r)) => sotw_request(&mut conn, &mut types, r, &tx).await?,
+                    Ok(None) => return Err(End::Closed),
+                    Err(status) => {
+                        debug!(%status, "stream error");
+                        return Err(End::Closed);
+                    }
+                },
+                changed = conn.sub.snapshots.changed() => {
+                    if changed.is_err() {
+                        return Err(End::Refused(Status::unavailable("control plane shutting down")));
+                    }
+                    conn.snapshot = conn.sub.snapshots.borrow_and_update().clone();
+                    for t in XdsType::ALL {
+                        sotw_push(&mut conn, &mut types, t, SotwMode::Update, &tx).await?;
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    if let Err(End::Refused(status)) = end {
+        let _ = tx.send(Err(status)).await;
+    }
+    info!(proxy = %conn.node.id, "proxy disconnected");
+}
+
+enum SotwMode {
+    /// Everything the proxy should hold of the type.
+    Full,
+    /// Only these newly requested names.
+    Names(Vec<Arc<str>>),
+    /// What changed since the last response.
+    Update,
+}
+
+async fn sotw_request(
+    conn: &mut Conn,
+    types: &mut [SotwType; 5],
+    req: DiscoveryRequest,
+    tx: &mpsc::Sender<Result<SotwResponse, Status>>,
+) -> Result<(), End> {
+    let Some(t) = XdsType::from_type_url(&req.type_url) else {
+        warn!(proxy = %conn.node.id, type_url = %req.type_url, "request for an unsupported type ignored");
+        return Ok(());
+    };
+    let st = &mut types[t.index()];
+    if !req.response_nonce.is_empty() && st.nonce.as_deref() != Some(req.response_nonce.as_str()) {
+        debug!(r#type = t.short(), nonce = %req.response_nonce, "stale nonce ignored");
+        return Ok(());
+    }
+    let initial = !st.subscribed || req.response_nonce.is_empty();
+    if !st.subscribed {
+        st.subscribed = true;
+        conn.status.update(t, |s| s.subscribed = true);
+    }
+    if let Some(err) = &req.error_detail {
+        conn.nack(t, &req.response_nonce, &req.version_info, &err.message);
+        // The proxy keeps what it had; resend everything on the next change.
+        st.sent = None;
+    } else if !req.response_nonce.is_empty() {
+        conn.ack(t, &req.response_nonce, &req.version_info);
+    }
+    let mode = if t.is_wildcard_type() {
+        initial.then_some(SotwMode::Full)
+    } else {
+        let view = conn.snapshot.as_ref().map(|s| s.view(t));
+        let new: BTreeSet<Arc<str>> = req.resource_names.iter().map(|n| intern(view, n)).collect();
+        let added: Vec<Arc<str>> = new.difference(&st.names).cloned().collect();
+        st.names = new;
+        if initial || st.sent.is_none() {
+            Some(SotwMode::Full)
+        } else if !added.is_empty() {
+            Some(SotwMode::Names(added))
+        } else {
+            None
+        }
+    };
+    if req.error_detail.is_some() {
+        return Ok(());
+    }
+    match mode {
+        Some(m) => sotw_push(conn, types, t, m, tx).await,
+        None => Ok(()),
+    }
+}
+
+/// Reuses the snapshot's copy of a name when it has one.
+fn intern(view: Option<&TypeView>, name: &str) -> Arc<str> {
+    view.and_then(|v| v.get(name))
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| Arc::from(name))
+}
+
+async fn sotw_push(
+    conn: &mut Conn,
+    types: &mut [SotwType; 5],
+    t: XdsType,
+    mode: SotwMode,
+    tx: &mpsc::Sender<Result<SotwResponse, Status>>,
+) -> Result<(), End> {
+    let Some(snap) = conn.snapshot.clone() else {
+        return Ok(());
+    };
+    let st = &mut types[t.index()];
+    if !st.subscribed {
+        return Ok(());
+    }
+    let view = snap.view(t);
+    let mode = match (&st.sent, mode) {
+        (None, _) => SotwMode::Full,
+        (Some(_), m) => m,
+    };
+    let resources: Vec<Arc<Resource>> = if t.is_wildcard_type() {
+        if let (SotwMode::Update, Some(sent)) = (&mode, &st.sent)
+            && sent.same_as(view)
+        {
+            return Ok(());
+        }
+        view.iter().cloned().collect()
+    } else {
+        if st.names.is_empty() {
+            st.sent = Some(view.clone());
+            return Ok(());
+        }
+        let picked: Vec<Arc<Resource>> = match (&mode, &st.sent) {
+            (SotwMode::Full, _) | (SotwMode::Update, None) => st
+                .names
+                .iter()
+                .filter_map(|n| view.get(n).cloned())
+                .collect(),
+            (SotwMode::Names(added), _) => {
+                added.iter().filter_map(|n| view.get(n).cloned()).collect()
+            }
+            (SotwMode::Update, Some(sent)) => {
+                if sent.same_as(view) {
+                    return Ok(());
+                }
+                view.diff(sent)
+                    .changed
+                    .iter()
+                    .filter(|n| st.names.contains(*n))
+                    .filter_map(|n| view.get(n).cloned())
+                    .collect()
+            }
+        };
+        if picked.is_empty() && !matches!(mode, SotwMode::Full) {
+            st.sent = Some(view.clone());
+            return Ok(());
+        }
+        picked
+    };
+    let version = view.version_string();
+    let nonce = conn.next_nonce();
+    let resp = SotwResponse {
+        version_info: version.clone(),
+        resources,
+        type_url: t.type_url(),
+        nonce: nonce.clone(),
+        control_plane: conn.control_plane(),
+    };
+    let bytes = resp.payload_len();
+    let count = resp.resources.len();
+    debug!(r#type = t.short(), %version, %nonce, resources = count, bytes, "send");
+    st.sent = Some(view.clone());
+    st.nonce = Some(nonce.clone());
+    let holds = if t.is_wildcard_type() {
+        view.len()
+    } else {
+        st.names.len()
+    };
+    conn.sent(t, &nonce, &version, bytes, holds);
+    tx.send(Ok(resp)).await.map_err(|_| End::Closed)
+}
+
+// ---------------------------------------------------------------------------------------
+// Incremental (Delta)
+// ---------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct DeltaType {
+    subscribed: bool,
+    wildcard: bool,
+    names: BTreeSet<Arc<str>>,
+    /// What the proxy holds: `sent` restricted to its interest (None: unknown, resync due).
+    sent: Option<TypeView>,
+    /// Versions the proxy declared it already has, used for its first response.
+    initial: HashMap<String, String>,
+    nonce: Option<String>,
+}
+
+impl DeltaType {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+async fn run_delta<S: SnapshotSource>(
+    shared: Arc<Shared<S>>,
+    mut requests: Streaming<DeltaDiscoveryRequest>,
+    tx: mpsc::Sender<Result<DeltaResponse, Status>>,
+    peer: Option<SocketAddr>,
+) {
+    let first = match requests.message().await {
+        Ok(Some(r)) => r,
+        _ => return,
+    };
+    let Some(node) = first.node.as_ref() else {
+        let _ = tx
+            .send(Err(Status::invalid_argument(
+                "first request carries no node",
+            )))
+            .await;
+        return;
+    };
+    let mut conn = match Conn::open(&shared, node, true, peer) {
+        Ok(c) => c,
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let span = info_span!("delta", proxy = %conn.node.id);
+    let end: Result<(), End> = async {
+        let mut types: [DeltaType; 5] = Default::default();
+        conn.snapshot = conn.sub.snapshots.borrow_and_update().clone();
+        delta_request(&mut conn, &mut types, first, &tx).await?;
+        loop {
+            tokio::select! {
+                req = requests.message() => match req {
+                    Ok(Some(r)) => delta_request(&mut conn, &mut types, r, &tx).await?,
+                    Ok(None) => return Err(End::Closed),
+                    Err(status) => {
+                        debug!(%status, "stream error");
+                        return Err(End::Closed);
+                    }
+                },
+                changed = conn.sub.snapshots.changed() => {
+                    if changed.is_err() {
+                        return Err(End::Refused(Status::unavailable("control plane shutting down")));
+                    }
+                    conn.snapshot = conn.sub.snapshots.borrow_and_update().clone();
+                    for t in XdsType::ALL {
+                        delta_push(&mut conn, &mut types, t, Vec::new(), &tx).await?;
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    if let Err(End::Refused(status)) = end {
+        let _ = tx.send(Err(status)).await;
+    }
+    info!(proxy = %conn.node.id, "proxy disconnected");
+}
+
+async fn delta_request(
+    conn: &mut Conn,
+    types: &mut [DeltaType; 5],
+    req: DeltaDiscoveryRequest,
+    tx: &mpsc::Sender<Result<DeltaResponse, Status>>,
+) -> Result<(), End> {
+    let Some(t) = XdsType::from_type_url(&req.type_url) else {
+        warn!(proxy = %conn.node.id, type_url = %req.type_url, "request for an unsupported type ignored");
+        return Ok(());
+    };
+    let st = &mut types[t.index()];
+    let first = !st.subscribed;
+    if first {
+        st.subscribed = true;
+        // An empty first subscription to CDS or LDS is the legacy wildcard.
+        st.wildcard = t.is_wildcard_type() && req.resource_names_subscribe.is_empty();
+        st.initial = req.initial_resource_versions.clone();
+        conn.status.update(t, |s| s.subscribed = true);
+    }
+    if !req.response_nonce.is_empty() {
+        match &req.error_detail {
+            Some(err) => {
+                conn.nack(t, &req.response_nonce, "", &err.message);
+                st.sent = None;
+            }
+            None => conn.ack(t, &req.response_nonce, &req.response_nonce),
+        }
+    }
+    let view = conn.snapshot.as_ref().map(|s| s.view(t));
+    let mut added = Vec::new();
+    for n in &req.resource_names_subscribe {
+        if n == "*" {
+            st.wildcard = true;
+            continue;
+        }
+        let name = intern(view, n);
+        if st.names.insert(name.clone()) {
+            added.push(name);
+        }
+    }
+    for n in &req.resource_names_unsubscribe {
+        if n == "*" {
+            st.wildcard = false;
+        } else {
+            st.names.remove(n.as_str());
+        }
+    }
+    if first {
+        // The first response is due even when it carries nothing.
+        delta_push(conn, types, t, Vec::new(), tx).await
+    } else if !added.is_empty() {
+        delta_push(conn, types, t, added, tx).await
+    } else {
+        Ok(())
+    }
+}
+
+async fn delta_push(
+    conn: &mut Conn,
+    types: &mut [DeltaType; 5],
+    t: XdsType,
+    added: Vec<Arc<str>>,
+    tx: &mpsc::Sender<Result<DeltaResponse, Status>>,
+) -> Result<(), End> {
+    let Some(snap) = conn.snapshot.clone() else {
+        return Ok(());
+    };
+    let st = &mut types[t.index()];
+    if !st.subscribed {
+        return Ok(());
+    }
+    let view = snap.view(t);
+    let first_response = st.nonce.is_none();
+    let mut resources: Vec<Arc<Resource>> = Vec::new();
+    let mut removed: Vec<Arc<str>> = Vec::new();
+    match &st.sent {
+        None => {
+            // Unknown client state: everything of interest, minus what it declared it has.
+            let initial = std::mem::take(&mut st.initial);
+            let candidates: Vec<&Arc<Resource>> = if st.wildcard {
+                view.iter().collect()
+            } else {
+                st.names.iter().filter_map(|n| view.get(n)).collect()
+            };
+            for r in candidates {
+                if initial.get(&*r.name).map(String::as_str) != Some(r.version_string().as_str()) {
+                    resources.push(r.clone());
+                }
+            }
+            for name in initial.keys() {
+                if view.get(name).is_none() && st.wants(name) {
+                    removed.push(Arc::from(name.as_str()));
+                }
+            }
+            for n in &st.names {
+                if view.get(n).is_none() && !removed.contains(n) {
+                    removed.push(n.clone());
+                }
+            }
+        }
+        Some(sent) => {
+            if !sent.same_as(view) {
+                let d = view.diff(sent);
+                resources.extend(
+                    d.changed
+                        .iter()
+                        .filter(|n| st.wants(n))
+                        .filter_map(|n| view.get(n).cloned()),
+                );
+                removed.extend(d.removed.into_iter().filter(|n| st.wants(n)));
+            }
+            for n in &added {
+                match view.get(n) {
+                    Some(r) => {
+                        if !resources.iter().any(|x| x.name == *n) {
+                            resources.push(r.clone());
+                        }
+                    }
+                    // Tell the proxy at once that it asked for something that does not exist.
+                    None => removed.push(n.clone()),
+                }
+            }
+        }
+    }
+    st.sent = Some(view.clone());
+    if resources.is_empty() && removed.is_empty() && !first_response {
+        return Ok(());
+    }
+    let nonce = conn.next_nonce();
+    let version = view.version_string();
+    let resp = DeltaResponse {
+        system_version_info: version.clone(),
+        resources,
+        type_url: t.type_url(),
+        nonce: nonce.clone(),
+        removed,
+        control_plane: conn.control_plane(),
+    };
+    let bytes = resp.payload_len();
+    debug!(r#type = t.short(), %nonce, resources = resp.resources.len(), removed = resp.removed.len(), bytes, "send");
+    st.nonce = Some(nonce.clone());
+    let holds = if st.wildcard {
+        view.len()
+    } else {
+        st.names.len()
+    };
+    conn.sent(t, &nonce, &version, bytes, holds);
+    tx.send(Ok(resp)).await.map_err(|_| End::Closed)
+}

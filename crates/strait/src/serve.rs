@@ -1,0 +1,275 @@
+//! `strait serve`: wires sources, the push controller, the ADS server and the status API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use prometheus_client::registry::Registry;
+use strait_model::{IndexOptions, MeshIndex};
+use strait_sources::dir::{DirOptions, DirSource};
+use strait_xds::{AdsService, PushController, PushOptions, SyncRegistry, XdsMetrics};
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+/// Options of `strait serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A directory (or file) of Kubernetes/Istio manifests to serve, watched for changes.
+    #[arg(long, env = "STRAIT_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// Where the ADS gRPC server listens (plaintext).
+    #[arg(long, default_value = "0.0.0.0:15010", env = "STRAIT_XDS_ADDR")]
+    xds_addr: SocketAddr,
+    /// Where the status API listens (/ready, /metrics, /debug/syncz).
+    #[arg(long, default_value = "0.0.0.0:15014", env = "STRAIT_DEBUG_ADDR")]
+    debug_addr: SocketAddr,
+    /// This control plane's revision.
+    #[arg(long, default_value = "default", env = "STRAIT_REVISION")]
+    revision: String,
+    /// Cluster DNS suffix.
+    #[arg(long, default_value = "cluster.local")]
+    domain: String,
+    /// Namespace of the mesh config ConfigMap (`istio`).
+    #[arg(long, default_value = "istio-system")]
+    system_namespace: String,
+    /// Push once changes have been quiet for this many milliseconds.
+    #[arg(long, default_value_t = 100)]
+    debounce_ms: u64,
+    /// Push at the latest this many milliseconds after the first change of a burst.
+    #[arg(long, default_value_t = 1000)]
+    debounce_max_ms: u64,
+    /// How often the config directory is rescanned without change notifications.
+    #[arg(long, default_value_t = 2000)]
+    poll_ms: u64,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Runs `strait serve` until SIGINT or SIGTERM.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async {
+        let server = start(args.config()).await?;
+        shutdown_signal().await;
+        info!("shutting down");
+        server.stop().await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Everything `serve` needs, independent of the command line.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The config directory (or file).
+    pub config_dir: PathBuf,
+    /// ADS listen address (port 0 picks one).
+    pub xds_addr: SocketAddr,
+    /// Status API listen address (port 0 picks one).
+    pub debug_addr: SocketAddr,
+    /// Revision.
+    pub revision: String,
+    /// Cluster DNS suffix.
+    pub domain: String,
+    /// Namespace of the mesh ConfigMap.
+    pub system_namespace: String,
+    /// Debounce quiet period.
+    pub debounce: Duration,
+    /// Debounce maximum delay.
+    pub debounce_max: Duration,
+    /// Directory rescan interval.
+    pub poll: Duration,
+}
+
+impl ServeConfig {
+    /// Defaults for serving `config_dir` on loopback with ports picked by the system.
+    pub fn local(config_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            config_dir: config_dir.into(),
+            xds_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            debug_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            revision: "default".to_string(),
+            domain: "cluster.local".to_string(),
+            system_namespace: "istio-system".to_string(),
+            debounce: Duration::from_millis(100),
+            debounce_max: Duration::from_secs(1),
+            poll: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ServeArgs {
+    fn config(&self) -> ServeConfig {
+        ServeConfig {
+            config_dir: self.config_dir.clone().unwrap_or_default(),
+            xds_addr: self.xds_addr,
+            debug_addr: self.debug_addr,
+            revision: self.revision.clone(),
+            domain: self.domain.clone(),
+            system_namespace: self.system_namespace.clone(),
+            debounce: Duration::from_millis(self.debounce_ms),
+            debounce_max: Duration::from_millis(self.debounce_max_ms.max(self.debounce_ms)),
+            poll: Duration::from_millis(self.poll_ms.max(100)),
+        }
+    }
+}
+
+/// A running control plane.
+pub struct Server {
+    /// Where the ADS server listens.
+    pub xds_addr: SocketAddr,
+    /// Where the status API listens.
+    pub debug_addr: SocketAddr,
+    /// Delivery state.
+    pub sync: Arc<SyncRegistry>,
+    /// The push controller.
+    pub push: PushController,
+    stop: tokio::sync::oneshot::Sender<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    xds: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Server {
+    /// Stops serving: closes every proxy stream and the listeners.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.xds.await.context("xDS server task")?.context("xDS server")?;
+        Ok(())
+    }
+}
+
+/// Starts the control plane on the current tokio runtime.
+pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
+    if cfg.config_dir.as_os_str().is_empty() {
+        bail!("no config source: pass --config-dir DIR (a folder of manifests)");
+    }
+    if !cfg.config_dir.exists() {
+        bail!("config directory {} does not exist", cfg.config_dir.display());
+    }
+    let control_plane = format!("strait-{}@{}", cfg.revision, hostname());
+    let mut registry = Registry::default();
+    let metrics = XdsMetrics::register(&mut registry);
+    let sync = SyncRegistry::new(control_plane.clone(), cfg.revision.clone());
+    let push = PushController::new(metrics.clone(), sync.clone());
+
+    let (events_tx, events_rx) = mpsc::channel(4096);
+    let index = MeshIndex::new(IndexOptions {
+        domain: cfg.domain.clone(),
+        system_namespace: cfg.system_namespace.clone(),
+        revision: cfg.revision.clone(),
+    });
+    let source = DirSource::new(
+        cfg.config_dir.clone(),
+        DirOptions {
+            poll_interval: cfg.poll,
+            ..DirOptions::default()
+        },
+    );
+    let problems = source.problems();
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = source.run(events_tx).await {
+            error!(error = %e, "config directory source stopped");
+        }
+    }));
+    tasks.push(tokio::spawn(push.clone().run(
+        index,
+        events_rx,
+        PushOptions {
+            debounce: cfg.debounce,
+            debounce_max: cfg.debounce_max.max(cfg.debounce),
+            sources: 1,
+        },
+    )));
+
+    let debug = crate::debug::router(crate::debug::DebugState {
+        push: push.clone(),
+        sync: sync.clone(),
+        registry: Arc::new(registry),
+        problems: Some(problems),
+    });
+    let debug_listener = tokio::net::TcpListener::bind(cfg.debug_addr)
+        .await
+        .with_context(|| format!("bind the status API on {}", cfg.debug_addr))?;
+    let debug_addr = debug_listener.local_addr().context("status API address")?;
+    let xds_listener = tokio::net::TcpListener::bind(cfg.xds_addr)
+        .await
+        .with_context(|| format!("bind the xDS server on {}", cfg.xds_addr))?;
+    let xds_addr = xds_listener.local_addr().context("xDS address")?;
+    info!(
+        xds = %xds_addr,
+        debug = %debug_addr,
+        config_dir = %cfg.config_dir.display(),
+        revision = %cfg.revision,
+        %control_plane,
+        "strait serving"
+    );
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(debug_listener, debug).await {
+            error!(error = %e, "status API stopped");
+        }
+    }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let ads = AdsService::new(push.clone(), sync.clone(), metrics);
+    let incoming = tonic::transport::server::TcpIncoming::from(xds_listener).with_nodelay(Some(true));
+    let xds = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(ads)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
+    );
+    Ok(Server {
+        xds_addr,
+        debug_addr,
+        sync,
+        push,
+        stop,
+        tasks,
+        xds,
+    })
+}
