@@ -75,6 +75,7 @@ struct Shared<S> {
     source: S,
     registry: Arc<SyncRegistry>,
     metrics: Arc<XdsMetrics>,
+    closing: watch::Receiver<bool>,
 }
 
 /// The ADS service, ready to add to a tonic server.
@@ -91,13 +92,21 @@ impl<S> Clone for AdsService<S> {
 }
 
 impl<S: SnapshotSource> AdsService<S> {
-    /// A service serving snapshots from `source`, recording delivery in `registry`.
-    pub fn new(source: S, registry: Arc<SyncRegistry>, metrics: Arc<XdsMetrics>) -> Self {
+    /// A service serving snapshots from `source`, recording delivery in `registry`. When
+    /// `closing` turns true, every stream ends with `UNAVAILABLE`, so proxies reconnect
+    /// (to another instance, or to this one once it is back).
+    pub fn new(
+        source: S,
+        registry: Arc<SyncRegistry>,
+        metrics: Arc<XdsMetrics>,
+        closing: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 source,
                 registry,
                 metrics,
+                closing,
             }),
         }
     }
@@ -193,6 +202,9 @@ struct Conn {
     sub: Subscription,
     snapshot: Option<Arc<ProxySnapshot>>,
     nonce: u64,
+    /// Recent responses not yet acknowledged, per type: (nonce, version). Delta ACKs name
+    /// only the nonce.
+    inflight: [std::collections::VecDeque<(String, String)>; 5],
 }
 
 impl Drop for Conn {
@@ -231,6 +243,7 @@ impl Conn {
             sub,
             snapshot: None,
             nonce: 0,
+            inflight: Default::default(),
         })
     }
 
@@ -245,6 +258,14 @@ impl Conn {
 
     /// Records a rejection: logged with the proxy, type, nonce and Envoy's text, and kept for
     /// status.
+    /// The version of the response sent with `nonce`, if recent.
+    fn version_of(&self, t: XdsType, nonce: &str) -> Option<String> {
+        self.inflight[t.index()]
+            .iter()
+            .find(|(n, _)| n == nonce)
+            .map(|(_, v)| v.clone())
+    }
+
     fn nack(&self, t: XdsType, nonce: &str, version: &str, message: &str) {
         warn!(proxy = %self.node.id, r#type = t.short(), nonce, version, error = message, "proxy rejected configuration (NACK)");
         self.metrics.nack(t);
@@ -258,8 +279,13 @@ impl Conn {
         });
     }
 
-    fn ack(&self, t: XdsType, nonce: &str, version: &str) {
+    fn ack(&mut self, t: XdsType, nonce: &str, version: &str) {
         debug!(proxy = %self.node.id, r#type = t.short(), nonce, version, "ACK");
+        // Everything up to this response is settled.
+        let q = &mut self.inflight[t.index()];
+        if let Some(pos) = q.iter().position(|(n, _)| n == nonce) {
+            q.drain(..=pos);
+        }
         self.status.update(t, |s| {
             s.acked_nonce = Some(nonce.to_string());
             s.acked_version = Some(version.to_string());
@@ -269,8 +295,13 @@ impl Conn {
         });
     }
 
-    fn sent(&self, t: XdsType, nonce: &str, version: &str, bytes: usize, resources: usize) {
+    fn sent(&mut self, t: XdsType, nonce: &str, version: &str, bytes: usize, resources: usize) {
         self.metrics.response(t, bytes);
+        let q = &mut self.inflight[t.index()];
+        if q.len() >= 16 {
+            q.pop_front();
+        }
+        q.push_back((nonce.to_string(), version.to_string()));
         self.status.update(t, |s| {
             s.sent_nonce = Some(nonce.to_string());
             s.sent_version = Some(version.to_string());
@@ -320,12 +351,17 @@ async fn run_sotw<S: SnapshotSource>(
         }
     };
     let span = info_span!("ads", proxy = %conn.node.id);
+    let mut closing = shared.closing.clone();
     let end: Result<(), End> = async {
         let mut types: [SotwType; 5] = Default::default();
         conn.snapshot = conn.sub.snapshots.borrow_and_update().clone();
         sotw_request(&mut conn, &mut types, first, &tx).await?;
         loop {
+            if *closing.borrow_and_update() {
+                return Err(End::Refused(Status::unavailable("control plane shutting down")));
+            }
             tokio::select! {
+                _ = closing.changed() => {}
                 req = requests.message() => match req {
                     Ok(Some(r)) => sotw_request(&mut conn, &mut types, r, &tx).await?,
                     Ok(None) => return Err(End::Closed),
@@ -550,12 +586,17 @@ async fn run_delta<S: SnapshotSource>(
         }
     };
     let span = info_span!("delta", proxy = %conn.node.id);
+    let mut closing = shared.closing.clone();
     let end: Result<(), End> = async {
         let mut types: [DeltaType; 5] = Default::default();
         conn.snapshot = conn.sub.snapshots.borrow_and_update().clone();
         delta_request(&mut conn, &mut types, first, &tx).await?;
         loop {
+            if *closing.borrow_and_update() {
+                return Err(End::Refused(Status::unavailable("control plane shutting down")));
+            }
             tokio::select! {
+                _ = closing.changed() => {}
                 req = requests.message() => match req {
                     Ok(Some(r)) => delta_request(&mut conn, &mut types, r, &tx).await?,
                     Ok(None) => return Err(End::Closed),
@@ -604,12 +645,13 @@ async fn delta_request(
         conn.status.update(t, |s| s.subscribed = true);
     }
     if !req.response_nonce.is_empty() {
+        let version = conn.version_of(t, &req.response_nonce).unwrap_or_default();
         match &req.error_detail {
             Some(err) => {
-                conn.nack(t, &req.response_nonce, "", &err.message);
+                conn.nack(t, &req.response_nonce, &version, &err.message);
                 st.sent = None;
             }
-            None => conn.ack(t, &req.response_nonce, &req.response_nonce),
+            None => conn.ack(t, &req.response_nonce, &version),
         }
     }
     let view = conn.snapshot.as_ref().map(|s| s.view(t));

