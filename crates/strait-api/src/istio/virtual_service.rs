@@ -1933,10 +1933,10 @@ spec:
         .expect("yaml");
         let p = parse_object(v, "default").expect("parses");
         let fields: Vec<_> = p.warnings.iter().map(|w| w.field.as_str()).collect();
-        // (The path spelling comes from `serde_ignored`, see object.rs.)
-        assert_eq!(fields.len(), 2, "{fields:?}");
-        assert!(fields[0].starts_with("spec.http.0.match.0.uri") && fields[0].ends_with("typo"));
-        assert!(fields[1].starts_with("spec.http.0.route.0") && fields[1].ends_with("wieght"));
+        assert_eq!(
+            fields,
+            ["spec.http[0].match[0].uri.typo", "spec.http[0].route[0].wieght"]
+        );
     }
 
     #[test]
