@@ -1935,7 +1935,10 @@ spec:
         let fields: Vec<_> = p.warnings.iter().map(|w| w.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["spec.http[0].match[0].uri.typo", "spec.http[0].route[0].wieght"]
+            [
+                "spec.http[0].match[0].uri.typo",
+                "spec.http[0].route[0].wieght"
+            ]
         );
     }
 
