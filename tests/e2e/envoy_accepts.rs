@@ -50,7 +50,7 @@ fn golden_cases_pass_envoy_validation() {
         .collect();
     dirs.sort();
     assert!(!dirs.is_empty());
-    let envoy = strait_e2e::envoy::binary();
+    let envoys = strait_e2e::envoy::all_versions();
     let work = tempfile::tempdir().expect("tempdir");
     for dir in dirs {
         let (snap, proxy) = case(&dir);
@@ -93,25 +93,28 @@ fn golden_cases_pass_envoy_validation() {
             dir.file_name().and_then(|n| n.to_str()).unwrap_or("case")
         ));
         std::fs::write(&path, b.encode_to_vec()).expect("write bootstrap");
-        let out = std::process::Command::new(&envoy)
-            .args([
-                "--mode",
-                "validate",
-                "--disable-hot-restart",
-                "-l",
-                "warning",
-                "-c",
-            ])
-            .arg(&path)
-            .output()
-            .expect("run envoy");
-        assert!(
-            out.status.success(),
-            "Envoy refused {}:\n{}{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for envoy in &envoys {
+            let out = std::process::Command::new(envoy)
+                .args([
+                    "--mode",
+                    "validate",
+                    "--disable-hot-restart",
+                    "-l",
+                    "warning",
+                    "-c",
+                ])
+                .arg(&path)
+                .output()
+                .expect("run envoy");
+            assert!(
+                out.status.success(),
+                "{} refused {}:\n{}{}",
+                envoy.display(),
+                dir.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }
 

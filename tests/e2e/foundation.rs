@@ -56,6 +56,20 @@ async fn expect_servers(bind: IpAddr, port: u16, host: &str, expected: &[&str]) 
 }
 
 async fn routes_by_host(delta: bool) {
+    routes_by_host_with(&strait_e2e::envoy::binary(), delta).await;
+}
+
+/// The oldest supported Envoy routes the same, over both protocols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_with_every_envoy_version() {
+    for bin in strait_e2e::envoy::all_versions().iter().skip(1) {
+        for delta in [false, true] {
+            routes_by_host_with(bin, delta).await;
+        }
+    }
+}
+
+async fn routes_by_host_with(bin: &std::path::Path, delta: bool) {
     let (ip_a, ip_b, ip_c) = (loopback_ip(), loopback_ip(), loopback_ip());
     let a = Upstream::start("a-0", ip_a.into()).await;
     let b = Upstream::start("b-0", ip_b.into()).await;
@@ -73,7 +87,12 @@ async fn routes_by_host(delta: bool) {
         Strait::start_with(|dir| std::fs::write(dir.join("mesh.yaml"), &mesh).expect("write"))
             .await;
     let bind: IpAddr = loopback_ip().into();
-    let envoy = Envoy::start("client", strait.sidecar(NS, "client", bind, delta)).await;
+    let envoy = Envoy::start_with(
+        "client",
+        bin,
+        &mut strait.sidecar(NS, "client", bind, delta),
+    )
+    .await;
     envoy.wait_live().await;
 
     for host in [

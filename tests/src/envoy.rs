@@ -51,6 +51,16 @@ pub fn binary() -> PathBuf {
     );
 }
 
+/// Every Envoy the tests should cover: [`binary`] plus the paths in `STRAIT_ENVOY_EXTRA`
+/// (colon-separated; `cargo xtask test` installs the oldest supported version there).
+pub fn all_versions() -> Vec<PathBuf> {
+    let mut out = vec![binary()];
+    if let Some(extra) = std::env::var_os("STRAIT_ENVOY_EXTRA") {
+        out.extend(std::env::split_paths(&extra).filter(|p| !p.as_os_str().is_empty()));
+    }
+    out
+}
+
 /// A running Envoy. Killed when dropped.
 pub struct Envoy {
     child: Child,

