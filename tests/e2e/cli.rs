@@ -154,24 +154,27 @@ fn bootstrap_is_accepted_by_envoy() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bootstrap.yaml");
         std::fs::write(&path, &out.stdout).expect("write");
-        let v = Command::new(strait_e2e::envoy::binary())
-            .args([
-                "--mode",
-                "validate",
-                "--disable-hot-restart",
-                "-l",
-                "warning",
-                "-c",
-            ])
-            .arg(&path)
-            .output()
-            .expect("envoy");
-        assert!(
-            v.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&v.stdout),
-            String::from_utf8_lossy(&v.stderr)
-        );
+        for envoy in strait_e2e::envoy::all_versions() {
+            let v = Command::new(&envoy)
+                .args([
+                    "--mode",
+                    "validate",
+                    "--disable-hot-restart",
+                    "-l",
+                    "warning",
+                    "-c",
+                ])
+                .arg(&path)
+                .output()
+                .expect("envoy");
+            assert!(
+                v.status.success(),
+                "{} refused the bootstrap: {}{}",
+                envoy.display(),
+                String::from_utf8_lossy(&v.stdout),
+                String::from_utf8_lossy(&v.stderr)
+            );
+        }
     }
 }
 
