@@ -43,6 +43,8 @@ pub struct Endpoint {
     pub locality: Arc<Locality>,
     /// The pod behind it, when known.
     pub pod: Option<Arc<str>>,
+    /// The cluster it runs in.
+    pub cluster: crate::event::ClusterId,
 }
 
 /// Endpoints that share a port list (one EndpointSlice, or one Endpoints subset).
@@ -224,11 +226,15 @@ impl RawGroup {
     }
 }
 
-/// Looks pods and nodes up while endpoints are joined.
+type PodKey = (crate::event::ClusterId, Arc<str>, Arc<str>);
+type PodByIp = HashMap<(crate::event::ClusterId, IpAddr), crate::snapshot::NsName>;
+
+/// Looks pods and nodes of one cluster up while that cluster's endpoints are joined.
 pub(crate) struct Joiner<'a> {
-    pub pods: &'a HashMap<(Arc<str>, Arc<str>), Arc<Workload>>,
-    pub pods_by_ip: &'a HashMap<IpAddr, (Arc<str>, Arc<str>)>,
-    pub nodes: &'a HashMap<Arc<str>, Arc<Node>>,
+    pub cluster: &'a crate::event::ClusterId,
+    pub pods: &'a HashMap<PodKey, Arc<Workload>>,
+    pub pods_by_ip: &'a PodByIp,
+    pub nodes: &'a HashMap<crate::snapshot::NodeKey, Arc<Node>>,
     pub empty_labels: &'a Arc<Labels>,
     pub empty_locality: &'a Arc<Locality>,
 }
@@ -244,16 +250,21 @@ impl Joiner<'_> {
     }
 
     fn endpoint(&self, e: &RawEndpoint) -> Endpoint {
-        let pod = e.pod.as_ref().and_then(|k| self.pods.get(k)).or_else(|| {
-            self.pods_by_ip
-                .get(&e.address)
-                .and_then(|k| self.pods.get(k))
-        });
+        let c = self.cluster;
+        let pod = e
+            .pod
+            .as_ref()
+            .and_then(|(ns, n)| self.pods.get(&(c.clone(), ns.clone(), n.clone())))
+            .or_else(|| {
+                self.pods_by_ip
+                    .get(&(c.clone(), e.address))
+                    .and_then(|(ns, n)| self.pods.get(&(c.clone(), ns.clone(), n.clone())))
+            });
         let node = e
             .node
-            .as_deref()
-            .or_else(|| pod.and_then(|p| p.node_name.as_deref()))
-            .and_then(|n| self.nodes.get(n));
+            .clone()
+            .or_else(|| pod.and_then(|p| p.node_name.clone()))
+            .and_then(|n| self.nodes.get(&(c.clone(), n)));
         let locality = match (pod.and_then(|p| p.locality_override.as_ref()), node) {
             (Some(l), _) => l.clone(),
             (None, Some(n)) if !n.locality.is_empty() => n.locality.clone(),
@@ -273,6 +284,7 @@ impl Joiner<'_> {
                 .unwrap_or_else(|| self.empty_labels.clone()),
             locality,
             pod: pod.map(|p| p.name.clone()),
+            cluster: c.clone(),
         }
     }
 }

@@ -6,6 +6,36 @@ use strait_api::{Kind, Object, ObjectRef};
 
 use crate::service::ServiceKey;
 
+/// Which cluster an object comes from. The config directory (and a single-cluster setup that
+/// names none) is the empty id; Kubernetes sources use their cluster's id.
+pub type ClusterId = std::sync::Arc<str>;
+
+/// An [`Event`] from one cluster's source.
+#[derive(Debug, Clone)]
+pub struct ClusterEvent {
+    /// The source's cluster.
+    pub cluster: ClusterId,
+    /// What happened.
+    pub event: Event,
+}
+
+impl ClusterEvent {
+    /// An event of `cluster`.
+    pub fn new(cluster: ClusterId, event: Event) -> Self {
+        Self { cluster, event }
+    }
+}
+
+impl From<Event> for ClusterEvent {
+    /// An event of the default (unnamed) cluster.
+    fn from(event: Event) -> Self {
+        Self {
+            cluster: ClusterId::default(),
+            event,
+        }
+    }
+}
+
 /// A change from a config source. Sources validate objects before sending them.
 #[derive(Debug, Clone)]
 pub enum Event {

@@ -1,20 +1,30 @@
 //! The writer side of the model: applies source events and publishes snapshots.
+//!
+//! Objects are keyed by the cluster they come from as well as their namespace and name, so
+//! several clusters (or a cluster and the config directory) can describe the same Service:
+//! its definition comes from the first cluster in cluster-id order, its endpoints are the
+//! union over all clusters, and each endpoint is joined with the pods and nodes of its own
+//! cluster (so it keeps its own cluster's locality). Cluster-wide config (Istio objects,
+//! namespaces, secrets, the mesh ConfigMap) defined in several clusters resolves to the first
+//! cluster's copy.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use strait_api::istio::IstioObject;
 use strait_api::k8s_openapi::api::core::v1 as core;
+use strait_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use strait_api::{Kind, MeshConfig, Object, ObjectRef};
 use tracing::{debug, warn};
 
 use crate::config::{ConfigKey, ConfigStore};
 use crate::endpoints::{EndpointSet, Joiner, RawGroup};
-use crate::event::{ChangeSet, Event};
+use crate::event::{ChangeSet, ClusterEvent, ClusterId, Event};
 use crate::secret::Secret;
 use crate::service::{Service, ServiceKey};
-use crate::snapshot::MeshSnapshot;
+use crate::snapshot::{MeshSnapshot, NodeKey, NsName};
 use crate::workload::{Labels, Locality, Namespace, Node, Workload};
 
 /// Settings of the index.
@@ -39,15 +49,100 @@ impl Default for IndexOptions {
     }
 }
 
-use crate::snapshot::NsName;
+/// A namespaced object of one cluster.
+type CKey = (ClusterId, Arc<str>, Arc<str>);
 
-fn ns_name(
-    meta: &strait_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> NsName {
+fn ns_name(meta: &ObjectMeta) -> NsName {
     (
         meta.namespace.as_deref().unwrap_or_default().into(),
         meta.name.as_deref().unwrap_or_default().into(),
     )
+}
+
+fn ckey(cluster: &ClusterId, meta: &ObjectMeta) -> CKey {
+    let (ns, name) = ns_name(meta);
+    (cluster.clone(), ns, name)
+}
+
+/// Values several clusters may define under one key; the effective one is the first
+/// cluster's (in cluster-id order).
+#[derive(Debug)]
+struct Merged<K, V> {
+    per: HashMap<K, BTreeMap<ClusterId, Arc<V>>>,
+}
+
+impl<K, V> Default for Merged<K, V> {
+    fn default() -> Self {
+        Self {
+            per: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: PartialEq> Merged<K, V> {
+    fn effective(&self, key: &K) -> Option<&Arc<V>> {
+        self.per.get(key).and_then(|m| m.values().next())
+    }
+
+    /// Sets one cluster's value; returns the new effective value if it changed.
+    fn set(&mut self, key: K, cluster: &ClusterId, value: V) -> Option<Option<Arc<V>>> {
+        let before = self.effective(&key).cloned();
+        let entry = self.per.entry(key.clone()).or_default();
+        if entry.get(cluster).is_some_and(|old| **old == value) {
+            return None;
+        }
+        entry.insert(cluster.clone(), Arc::new(value));
+        let after = self.effective(&key).cloned();
+        changed(before, after)
+    }
+
+    /// Removes one cluster's value; returns the new effective value if it changed.
+    fn remove(&mut self, key: &K, cluster: &ClusterId) -> Option<Option<Arc<V>>> {
+        let before = self.effective(key).cloned();
+        let entry = self.per.get_mut(key)?;
+        entry.remove(cluster)?;
+        if entry.is_empty() {
+            self.per.remove(key);
+        }
+        let after = self.effective(key).cloned();
+        changed(before, after)
+    }
+
+    fn keys_of<'a>(&'a self, cluster: &'a ClusterId) -> impl Iterator<Item = &'a K> + 'a {
+        self.per
+            .iter()
+            .filter(move |(_, m)| m.contains_key(cluster))
+            .map(|(k, _)| k)
+    }
+}
+
+fn changed<V>(before: Option<Arc<V>>, after: Option<Arc<V>>) -> Option<Option<Arc<V>>> {
+    match (&before, &after) {
+        (Some(a), Some(b)) if Arc::ptr_eq(a, b) => None,
+        (None, None) => None,
+        _ => Some(after),
+    }
+}
+
+/// Applies an effective-value change to a published map.
+fn publish<K: Ord + Clone, V>(map: &mut Arc<BTreeMap<K, Arc<V>>>, key: K, value: Option<Arc<V>>) {
+    let m = Arc::make_mut(map);
+    match value {
+        Some(v) => m.insert(key, v),
+        None => m.remove(&key),
+    };
+}
+
+/// Istio config objects of one kind, from every cluster.
+type ConfigMerge<S> = Merged<ConfigKey, IstioObject<S>>;
+
+#[derive(Debug, Default)]
+struct ConfigSources {
+    virtual_services: ConfigMerge<strait_api::istio::VirtualServiceSpec>,
+    destination_rules: ConfigMerge<strait_api::istio::DestinationRuleSpec>,
+    gateways: ConfigMerge<strait_api::istio::GatewaySpec>,
+    service_entries: ConfigMerge<strait_api::istio::ServiceEntrySpec>,
+    sidecars: ConfigMerge<strait_api::istio::SidecarSpec>,
 }
 
 /// The mesh as sources describe it, kept up to date by [`MeshIndex::apply`] and friends.
@@ -63,19 +158,24 @@ pub struct MeshIndex {
     hosts: Arc<HashMap<Arc<str>, ServiceKey>>,
     endpoints: Arc<HashMap<ServiceKey, Arc<EndpointSet>>>,
     workloads_by_ip: Arc<HashMap<IpAddr, Arc<Workload>>>,
-    nodes: Arc<HashMap<Arc<str>, Arc<Node>>>,
+    nodes: Arc<HashMap<NodeKey, Arc<Node>>>,
     namespaces: Arc<BTreeMap<Arc<str>, Arc<Namespace>>>,
     secrets: Arc<BTreeMap<NsName, Arc<Secret>>>,
     config: ConfigStore,
     // Writer-only state.
-    mesh_configmaps: BTreeMap<Arc<str>, MeshConfig>,
-    pods: HashMap<NsName, Arc<Workload>>,
-    pods_by_ip: HashMap<IpAddr, NsName>,
-    slices: HashMap<NsName, ServiceKey>,
-    slices_by_service: HashMap<ServiceKey, BTreeMap<Arc<str>, RawGroup>>,
-    legacy_endpoints: HashMap<ServiceKey, Vec<RawGroup>>,
-    services_by_ip: HashMap<IpAddr, BTreeSet<ServiceKey>>,
-    ips_by_service: HashMap<ServiceKey, BTreeSet<IpAddr>>,
+    service_defs: Merged<ServiceKey, Service>,
+    namespace_defs: Merged<Arc<str>, Namespace>,
+    secret_defs: Merged<NsName, Secret>,
+    config_defs: ConfigSources,
+    mesh_configmaps: Merged<Arc<str>, MeshConfig>,
+    workload_ips: Merged<IpAddr, Workload>,
+    pods: HashMap<CKey, Arc<Workload>>,
+    pods_by_ip: HashMap<(ClusterId, IpAddr), NsName>,
+    slices: HashMap<CKey, ServiceKey>,
+    slices_by_service: HashMap<ServiceKey, BTreeMap<(ClusterId, Arc<str>), RawGroup>>,
+    legacy_endpoints: HashMap<ServiceKey, BTreeMap<ClusterId, Vec<RawGroup>>>,
+    services_by_ip: HashMap<(ClusterId, IpAddr), BTreeSet<ServiceKey>>,
+    ips_by_service: HashMap<ServiceKey, BTreeSet<(ClusterId, IpAddr)>>,
     dirty_endpoints: BTreeSet<ServiceKey>,
     pending: ChangeSet,
     empty_labels: Arc<Labels>,
@@ -97,7 +197,12 @@ impl MeshIndex {
             namespaces: Arc::default(),
             secrets: Arc::default(),
             config: ConfigStore::default(),
-            mesh_configmaps: BTreeMap::new(),
+            service_defs: Merged::default(),
+            namespace_defs: Merged::default(),
+            secret_defs: Merged::default(),
+            config_defs: ConfigSources::default(),
+            mesh_configmaps: Merged::default(),
+            workload_ips: Merged::default(),
             pods: HashMap::new(),
             pods_by_ip: HashMap::new(),
             slices: HashMap::new(),
@@ -118,11 +223,12 @@ impl MeshIndex {
     }
 
     /// Applies one source event.
-    pub fn handle(&mut self, event: Event) {
-        match event {
-            Event::Apply(o) => self.apply(*o),
-            Event::Delete(r) => self.delete(&r),
-            Event::Reset { kinds, objects } => self.reset(&kinds, objects),
+    pub fn handle(&mut self, event: ClusterEvent) {
+        let cluster = event.cluster;
+        match event.event {
+            Event::Apply(o) => self.apply_in(&cluster, *o),
+            Event::Delete(r) => self.delete_in(&cluster, &r),
+            Event::Reset { kinds, objects } => self.reset_in(&cluster, &kinds, objects),
             Event::Synced => {}
         }
     }
@@ -132,9 +238,24 @@ impl MeshIndex {
         !self.pending.is_empty() || !self.dirty_endpoints.is_empty()
     }
 
-    /// Creates or replaces an object. Callers validate first; an object that is still
-    /// unusable (a Service without a name, say) is ignored.
+    /// Creates or replaces an object of the default (unnamed) cluster.
     pub fn apply(&mut self, obj: Object) {
+        self.apply_in(&ClusterId::default(), obj);
+    }
+
+    /// Removes an object of the default cluster.
+    pub fn delete(&mut self, r: &ObjectRef) {
+        self.delete_in(&ClusterId::default(), r);
+    }
+
+    /// Replaces every object of `kinds` in the default cluster.
+    pub fn reset(&mut self, kinds: &[Kind], objects: Vec<Object>) {
+        self.reset_in(&ClusterId::default(), kinds, objects);
+    }
+
+    /// Creates or replaces an object of `cluster`. Callers validate first; an object that is
+    /// still unusable (a Service without a name, say) is ignored.
+    pub fn apply_in(&mut self, cluster: &ClusterId, obj: Object) {
         let r = obj.reference();
         if r.name.is_empty() {
             warn!(kind = %r.kind, "object without a name ignored");
@@ -143,45 +264,39 @@ impl MeshIndex {
         match obj {
             Object::Namespace(n) => {
                 let n = Namespace::from_k8s(&n);
-                if self
-                    .namespaces
-                    .get(&n.name)
-                    .map(|o| **o != n)
-                    .unwrap_or(true)
-                {
-                    Arc::make_mut(&mut self.namespaces).insert(n.name.clone(), Arc::new(n));
+                let key = n.name.clone();
+                if let Some(eff) = self.namespace_defs.set(key.clone(), cluster, n) {
+                    publish(&mut self.namespaces, key, eff);
                     self.pending.namespaces = true;
                 }
             }
             Object::Node(n) => {
                 let n = Node::from_k8s(&n);
-                if self.nodes.get(&n.name).map(|o| **o != n).unwrap_or(true) {
-                    let name = n.name.clone();
-                    Arc::make_mut(&mut self.nodes).insert(name.clone(), Arc::new(n));
-                    self.node_changed(&name);
+                let key = (cluster.clone(), n.name.clone());
+                if self.nodes.get(&key).map(|o| **o != n).unwrap_or(true) {
+                    Arc::make_mut(&mut self.nodes).insert(key.clone(), Arc::new(n));
+                    self.node_changed(&key);
                 }
             }
             Object::Service(s) => {
                 let s = Service::from_k8s(&s, &self.opts.domain);
-                if self.services.get(&s.key).map(|o| **o != s).unwrap_or(true) {
-                    let key = s.key.clone();
-                    Arc::make_mut(&mut self.hosts).insert(s.hostname.clone(), key.clone());
-                    Arc::make_mut(&mut self.services).insert(key.clone(), Arc::new(s));
-                    self.pending.services.insert(key);
+                let key = s.key.clone();
+                if let Some(eff) = self.service_defs.set(key.clone(), cluster, s) {
+                    self.publish_service(key, eff);
                 }
             }
             Object::EndpointSlice(s) => {
-                let slice_key = ns_name(&s.metadata);
+                let slice_key = ckey(cluster, &s.metadata);
                 let Some(svc) = s
                     .metadata
                     .labels
                     .as_ref()
                     .and_then(|l| l.get("kubernetes.io/service-name"))
                 else {
-                    debug!(slice = %slice_key.1, "EndpointSlice without a service-name label ignored");
+                    debug!(slice = %slice_key.2, "EndpointSlice without a service-name label ignored");
                     return;
                 };
-                let svc = ServiceKey::new(&slice_key.0, svc);
+                let svc = ServiceKey::new(&slice_key.1, svc);
                 // A slice moving to another service (label edit) leaves the old one first.
                 if let Some(old) = self.slices.get(&slice_key).cloned()
                     && old != svc
@@ -193,8 +308,9 @@ impl MeshIndex {
                     return;
                 };
                 let groups = self.slices_by_service.entry(svc.clone()).or_default();
-                if groups.get(&slice_key.1) != Some(&group) {
-                    groups.insert(slice_key.1.clone(), group);
+                let gkey = (cluster.clone(), slice_key.2.clone());
+                if groups.get(&gkey) != Some(&group) {
+                    groups.insert(gkey, group);
                     self.dirty_endpoints.insert(svc.clone());
                 }
                 self.slices.insert(slice_key, svc);
@@ -206,83 +322,108 @@ impl MeshIndex {
                     name,
                 };
                 let groups = RawGroup::from_endpoints(&e);
-                if self.legacy_endpoints.get(&key) != Some(&groups) {
-                    self.legacy_endpoints.insert(key.clone(), groups);
+                let per = self.legacy_endpoints.entry(key.clone()).or_default();
+                if per.get(cluster) != Some(&groups) {
+                    per.insert(cluster.clone(), groups);
                     self.dirty_endpoints.insert(key);
                 }
             }
             Object::Pod(p) => {
-                let key = ns_name(&p.metadata);
-                let w = Workload::from_k8s(&p);
+                let key = ckey(cluster, &p.metadata);
+                let w = Workload::from_k8s(&p, cluster);
                 if self.pods.get(&key).map(|o| **o != w).unwrap_or(true) {
                     self.remove_pod(&key);
-                    let w = Arc::new(w);
                     if !w.host_network {
                         for ip in &w.ips {
-                            self.pods_by_ip.insert(*ip, key.clone());
-                            Arc::make_mut(&mut self.workloads_by_ip).insert(*ip, w.clone());
-                            self.dirty_services_at(*ip);
+                            self.pods_by_ip
+                                .insert((cluster.clone(), *ip), (key.1.clone(), key.2.clone()));
+                            if let Some(eff) = self.workload_ips.set(*ip, cluster, w.clone()) {
+                                publish_hash(&mut self.workloads_by_ip, *ip, eff);
+                            }
+                            self.dirty_services_at(cluster, *ip);
                         }
                     }
-                    self.pods.insert(key, w);
+                    self.pods.insert(key, Arc::new(w));
                     self.pending.workloads = true;
                 }
             }
             Object::Secret(s) => {
                 let key = ns_name(&s.metadata);
-                let s = Secret::from_k8s(&s);
-                if self.secrets.get(&key).map(|o| **o != s).unwrap_or(true) {
-                    Arc::make_mut(&mut self.secrets).insert(key, Arc::new(s));
+                if let Some(eff) = self
+                    .secret_defs
+                    .set(key.clone(), cluster, Secret::from_k8s(&s))
+                {
+                    publish(&mut self.secrets, key, eff);
                     self.pending.secrets = true;
                 }
             }
-            Object::ConfigMap(cm) => self.apply_configmap(&cm),
+            Object::ConfigMap(cm) => self.apply_configmap(cluster, &cm),
             Object::VirtualService(o) => {
                 let key = config_key(&o.metadata);
-                upsert(
+                let eff =
+                    self.config_defs
+                        .virtual_services
+                        .set(key.clone(), cluster, normalized(o));
+                config_change(
                     &mut self.config.virtual_services,
                     key,
-                    o,
+                    eff,
                     Kind::VirtualService,
                     &mut self.pending,
                 );
             }
             Object::DestinationRule(o) => {
                 let key = config_key(&o.metadata);
-                upsert(
+                let eff =
+                    self.config_defs
+                        .destination_rules
+                        .set(key.clone(), cluster, normalized(o));
+                config_change(
                     &mut self.config.destination_rules,
                     key,
-                    o,
+                    eff,
                     Kind::DestinationRule,
                     &mut self.pending,
                 );
             }
             Object::Gateway(o) => {
                 let key = config_key(&o.metadata);
-                upsert(
+                let eff = self
+                    .config_defs
+                    .gateways
+                    .set(key.clone(), cluster, normalized(o));
+                config_change(
                     &mut self.config.gateways,
                     key,
-                    o,
+                    eff,
                     Kind::Gateway,
                     &mut self.pending,
                 );
             }
             Object::ServiceEntry(o) => {
                 let key = config_key(&o.metadata);
-                upsert(
+                let eff = self
+                    .config_defs
+                    .service_entries
+                    .set(key.clone(), cluster, normalized(o));
+                config_change(
                     &mut self.config.service_entries,
                     key,
-                    o,
+                    eff,
                     Kind::ServiceEntry,
                     &mut self.pending,
                 );
             }
             Object::Sidecar(o) => {
                 let key = config_key(&o.metadata);
-                upsert(
+                let eff = self
+                    .config_defs
+                    .sidecars
+                    .set(key.clone(), cluster, normalized(o));
+                config_change(
                     &mut self.config.sidecars,
                     key,
-                    o,
+                    eff,
                     Kind::Sidecar,
                     &mut self.pending,
                 );
@@ -290,135 +431,233 @@ impl MeshIndex {
         }
     }
 
-    /// Removes an object; removing one that does not exist is a no-op.
-    pub fn delete(&mut self, r: &ObjectRef) {
-        let key: NsName = (r.namespace.as_str().into(), r.name.as_str().into());
+    fn publish_service(&mut self, key: ServiceKey, eff: Option<Arc<Service>>) {
+        let hosts = Arc::make_mut(&mut self.hosts);
+        if let Some(old) = self.services.get(&key) {
+            hosts.remove(&old.hostname);
+        }
+        if let Some(s) = &eff {
+            hosts.insert(s.hostname.clone(), key.clone());
+        }
+        publish(&mut self.services, key.clone(), eff);
+        self.pending.services.insert(key);
+    }
+
+    /// Removes an object of `cluster`; removing one that does not exist is a no-op.
+    pub fn delete_in(&mut self, cluster: &ClusterId, r: &ObjectRef) {
+        let nsn: NsName = (r.namespace.as_str().into(), r.name.as_str().into());
+        let ck: CKey = (cluster.clone(), nsn.0.clone(), nsn.1.clone());
         match r.kind {
             Kind::Namespace => {
-                if Arc::make_mut(&mut self.namespaces).remove(&key.1).is_some() {
+                if let Some(eff) = self.namespace_defs.remove(&nsn.1, cluster) {
+                    publish(&mut self.namespaces, nsn.1, eff);
                     self.pending.namespaces = true;
                 }
             }
             Kind::Node => {
-                if Arc::make_mut(&mut self.nodes).remove(&key.1).is_some() {
-                    self.node_changed(&key.1);
+                let key = (cluster.clone(), nsn.1);
+                if Arc::make_mut(&mut self.nodes).remove(&key).is_some() {
+                    self.node_changed(&key);
                 }
             }
             Kind::Service => {
-                let skey = ServiceKey {
-                    namespace: key.0,
-                    name: key.1,
+                let key = ServiceKey {
+                    namespace: nsn.0,
+                    name: nsn.1,
                 };
-                if let Some(s) = Arc::make_mut(&mut self.services).remove(&skey) {
-                    Arc::make_mut(&mut self.hosts).remove(&s.hostname);
-                    self.pending.services.insert(skey);
+                if let Some(eff) = self.service_defs.remove(&key, cluster) {
+                    self.publish_service(key, eff);
                 }
             }
-            Kind::EndpointSlice => self.remove_slice(&key),
+            Kind::EndpointSlice => self.remove_slice(&ck),
             Kind::Endpoints => {
-                let skey = ServiceKey {
-                    namespace: key.0,
-                    name: key.1,
+                let key = ServiceKey {
+                    namespace: nsn.0,
+                    name: nsn.1,
                 };
-                if self.legacy_endpoints.remove(&skey).is_some() {
-                    self.dirty_endpoints.insert(skey);
+                if let Some(per) = self.legacy_endpoints.get_mut(&key)
+                    && per.remove(cluster).is_some()
+                {
+                    if per.is_empty() {
+                        self.legacy_endpoints.remove(&key);
+                    }
+                    self.dirty_endpoints.insert(key);
                 }
             }
             Kind::Pod => {
-                if self.remove_pod(&key) {
+                if self.remove_pod(&ck) {
                     self.pending.workloads = true;
                 }
             }
             Kind::Secret => {
-                if Arc::make_mut(&mut self.secrets).remove(&key).is_some() {
+                if let Some(eff) = self.secret_defs.remove(&nsn, cluster) {
+                    publish(&mut self.secrets, nsn, eff);
                     self.pending.secrets = true;
                 }
             }
             Kind::ConfigMap => {
-                if self.mesh_configmaps.remove(&key.1).is_some() {
+                if *nsn.0 == *self.opts.system_namespace
+                    && self.mesh_configmaps.remove(&nsn.1, cluster).is_some()
+                {
                     self.refresh_mesh();
                 }
             }
-            Kind::VirtualService => remove(
-                &mut self.config.virtual_services,
-                &key,
-                r.kind,
-                &mut self.pending,
-            ),
-            Kind::DestinationRule => remove(
-                &mut self.config.destination_rules,
-                &key,
-                r.kind,
-                &mut self.pending,
-            ),
-            Kind::Gateway => remove(&mut self.config.gateways, &key, r.kind, &mut self.pending),
-            Kind::ServiceEntry => remove(
-                &mut self.config.service_entries,
-                &key,
-                r.kind,
-                &mut self.pending,
-            ),
-            Kind::Sidecar => remove(&mut self.config.sidecars, &key, r.kind, &mut self.pending),
+            Kind::VirtualService => {
+                let key = ConfigKey {
+                    namespace: nsn.0,
+                    name: nsn.1,
+                };
+                let eff = self.config_defs.virtual_services.remove(&key, cluster);
+                config_change(
+                    &mut self.config.virtual_services,
+                    key,
+                    eff,
+                    r.kind,
+                    &mut self.pending,
+                );
+            }
+            Kind::DestinationRule => {
+                let key = ConfigKey {
+                    namespace: nsn.0,
+                    name: nsn.1,
+                };
+                let eff = self.config_defs.destination_rules.remove(&key, cluster);
+                config_change(
+                    &mut self.config.destination_rules,
+                    key,
+                    eff,
+                    r.kind,
+                    &mut self.pending,
+                );
+            }
+            Kind::Gateway => {
+                let key = ConfigKey {
+                    namespace: nsn.0,
+                    name: nsn.1,
+                };
+                let eff = self.config_defs.gateways.remove(&key, cluster);
+                config_change(
+                    &mut self.config.gateways,
+                    key,
+                    eff,
+                    r.kind,
+                    &mut self.pending,
+                );
+            }
+            Kind::ServiceEntry => {
+                let key = ConfigKey {
+                    namespace: nsn.0,
+                    name: nsn.1,
+                };
+                let eff = self.config_defs.service_entries.remove(&key, cluster);
+                config_change(
+                    &mut self.config.service_entries,
+                    key,
+                    eff,
+                    r.kind,
+                    &mut self.pending,
+                );
+            }
+            Kind::Sidecar => {
+                let key = ConfigKey {
+                    namespace: nsn.0,
+                    name: nsn.1,
+                };
+                let eff = self.config_defs.sidecars.remove(&key, cluster);
+                config_change(
+                    &mut self.config.sidecars,
+                    key,
+                    eff,
+                    r.kind,
+                    &mut self.pending,
+                );
+            }
         }
     }
 
-    /// Replaces every object of `kinds` with `objects`, as one step: nothing in between is
-    /// ever visible in a snapshot.
-    pub fn reset(&mut self, kinds: &[Kind], objects: Vec<Object>) {
+    /// Replaces every object of `kinds` in `cluster` with `objects`, as one step: nothing in
+    /// between is ever visible in a snapshot.
+    pub fn reset_in(&mut self, cluster: &ClusterId, kinds: &[Kind], objects: Vec<Object>) {
         let mut keep: BTreeSet<ObjectRef> = BTreeSet::new();
         for o in objects {
             if kinds.contains(&o.kind()) {
                 keep.insert(o.reference());
-                self.apply(o);
+                self.apply_in(cluster, o);
             }
         }
         for kind in kinds {
-            for r in self.refs_of(*kind) {
+            for r in self.refs_of(cluster, *kind) {
                 if !keep.contains(&r) {
-                    self.delete(&r);
+                    self.delete_in(cluster, &r);
                 }
             }
         }
     }
 
-    /// Every object of a kind currently held.
-    pub fn refs_of(&self, kind: Kind) -> Vec<ObjectRef> {
-        let mk = |(ns, name): &NsName| ObjectRef::new(kind, &**ns, &**name);
+    /// Every object of a kind that `cluster` currently contributes.
+    pub fn refs_of(&self, cluster: &ClusterId, kind: Kind) -> Vec<ObjectRef> {
+        let nsn = |(ns, name): &NsName| ObjectRef::new(kind, &**ns, &**name);
+        let ck = |k: &CKey| ObjectRef::new(kind, &*k.1, &*k.2);
         let cfg = |k: &ConfigKey| ObjectRef::new(kind, &*k.namespace, &*k.name);
+        let svc = |k: &ServiceKey| ObjectRef::new(kind, &*k.namespace, &*k.name);
+        let mine = |c: &ClusterId| c == cluster;
         match kind {
             Kind::Namespace => self
-                .namespaces
-                .keys()
+                .namespace_defs
+                .keys_of(cluster)
                 .map(|n| ObjectRef::new(kind, "", &**n))
                 .collect(),
             Kind::Node => self
                 .nodes
                 .keys()
-                .map(|n| ObjectRef::new(kind, "", &**n))
+                .filter(|(c, _)| mine(c))
+                .map(|(_, n)| ObjectRef::new(kind, "", &**n))
                 .collect(),
-            Kind::Service => self
-                .services
-                .keys()
-                .map(|k| ObjectRef::new(kind, &*k.namespace, &*k.name))
-                .collect(),
-            Kind::EndpointSlice => self.slices.keys().map(mk).collect(),
+            Kind::Service => self.service_defs.keys_of(cluster).map(svc).collect(),
+            Kind::EndpointSlice => self.slices.keys().filter(|k| mine(&k.0)).map(ck).collect(),
             Kind::Endpoints => self
                 .legacy_endpoints
-                .keys()
-                .map(|k| ObjectRef::new(kind, &*k.namespace, &*k.name))
+                .iter()
+                .filter(|(_, per)| per.contains_key(cluster))
+                .map(|(k, _)| svc(k))
                 .collect(),
-            Kind::Pod => self.pods.keys().map(mk).collect(),
-            Kind::Secret => self.secrets.keys().map(mk).collect(),
+            Kind::Pod => self.pods.keys().filter(|k| mine(&k.0)).map(ck).collect(),
+            Kind::Secret => self.secret_defs.keys_of(cluster).map(nsn).collect(),
             Kind::ConfigMap => self
                 .mesh_configmaps
-                .keys()
+                .keys_of(cluster)
                 .map(|n| ObjectRef::new(kind, &*self.opts.system_namespace, &**n))
                 .collect(),
-            Kind::VirtualService => self.config.virtual_services.keys().map(cfg).collect(),
-            Kind::DestinationRule => self.config.destination_rules.keys().map(cfg).collect(),
-            Kind::Gateway => self.config.gateways.keys().map(cfg).collect(),
-            Kind::ServiceEntry => self.config.service_entries.keys().map(cfg).collect(),
-            Kind::Sidecar => self.config.sidecars.keys().map(cfg).collect(),
+            Kind::VirtualService => self
+                .config_defs
+                .virtual_services
+                .keys_of(cluster)
+                .map(cfg)
+                .collect(),
+            Kind::DestinationRule => self
+                .config_defs
+                .destination_rules
+                .keys_of(cluster)
+                .map(cfg)
+                .collect(),
+            Kind::Gateway => self
+                .config_defs
+                .gateways
+                .keys_of(cluster)
+                .map(cfg)
+                .collect(),
+            Kind::ServiceEntry => self
+                .config_defs
+                .service_entries
+                .keys_of(cluster)
+                .map(cfg)
+                .collect(),
+            Kind::Sidecar => self
+                .config_defs
+                .sidecars
+                .keys_of(cluster)
+                .map(cfg)
+                .collect(),
         }
     }
 
@@ -442,35 +681,55 @@ impl MeshIndex {
         (Arc::new(snap), std::mem::take(&mut self.pending))
     }
 
+    /// The raw groups of a service, cluster by cluster: a cluster's EndpointSlices, or its
+    /// v1 Endpoints when it has no slice for the service.
+    fn raw_groups(&self, key: &ServiceKey) -> Vec<(&ClusterId, &RawGroup)> {
+        let mut out: Vec<(&ClusterId, &RawGroup)> = Vec::new();
+        let mut with_slices: BTreeSet<&ClusterId> = BTreeSet::new();
+        if let Some(slices) = self.slices_by_service.get(key) {
+            for ((c, _), g) in slices {
+                with_slices.insert(c);
+                out.push((c, g));
+            }
+        }
+        if let Some(per) = self.legacy_endpoints.get(key) {
+            for (c, gs) in per {
+                if !with_slices.contains(c) {
+                    out.extend(gs.iter().map(|g| (c, g)));
+                }
+            }
+        }
+        out
+    }
+
     fn rebuild_dirty_endpoints(&mut self) {
         let dirty = std::mem::take(&mut self.dirty_endpoints);
-        let joiner = Joiner {
-            pods: &self.pods,
-            pods_by_ip: &self.pods_by_ip,
-            nodes: &self.nodes,
-            empty_labels: &self.empty_labels,
-            empty_locality: &self.empty_locality,
-        };
         let mut updates: Vec<(ServiceKey, Option<EndpointSet>)> = Vec::new();
-        let mut addresses: Vec<(ServiceKey, BTreeSet<IpAddr>)> = Vec::new();
+        let mut addresses: Vec<(ServiceKey, BTreeSet<(ClusterId, IpAddr)>)> = Vec::new();
         for key in dirty {
-            let raw: Vec<&RawGroup> = match self.slices_by_service.get(&key) {
-                Some(slices) if !slices.is_empty() => slices.values().collect(),
-                _ => self
-                    .legacy_endpoints
-                    .get(&key)
-                    .map(|gs| gs.iter().collect())
-                    .unwrap_or_default(),
-            };
-            let ips: BTreeSet<IpAddr> = raw
+            let raw = self.raw_groups(&key);
+            let ips: BTreeSet<(ClusterId, IpAddr)> = raw
                 .iter()
-                .flat_map(|g| g.endpoints.iter().map(|e| e.address))
+                .flat_map(|(c, g)| g.endpoints.iter().map(|e| ((*c).clone(), e.address)))
                 .collect();
             if self.ips_by_service.get(&key) != Some(&ips) {
                 addresses.push((key.clone(), ips));
             }
             let set = EndpointSet {
-                groups: raw.into_iter().map(|g| joiner.join(g)).collect(),
+                groups: raw
+                    .into_iter()
+                    .map(|(c, g)| {
+                        Joiner {
+                            cluster: c,
+                            pods: &self.pods,
+                            pods_by_ip: &self.pods_by_ip,
+                            nodes: &self.nodes,
+                            empty_labels: &self.empty_labels,
+                            empty_locality: &self.empty_locality,
+                        }
+                        .join(g)
+                    })
+                    .collect(),
             };
             let new = (!set.groups.is_empty()).then_some(set);
             if self.endpoints.get(&key).map(|a| &**a) != new.as_ref() {
@@ -489,7 +748,7 @@ impl MeshIndex {
             }
             for ip in ips.difference(&old) {
                 self.services_by_ip
-                    .entry(*ip)
+                    .entry(ip.clone())
                     .or_default()
                     .insert(key.clone());
             }
@@ -510,12 +769,12 @@ impl MeshIndex {
         }
     }
 
-    fn remove_slice(&mut self, slice_key: &NsName) {
+    fn remove_slice(&mut self, slice_key: &CKey) {
         let Some(svc) = self.slices.remove(slice_key) else {
             return;
         };
         if let Some(groups) = self.slices_by_service.get_mut(&svc) {
-            groups.remove(&slice_key.1);
+            groups.remove(&(slice_key.0.clone(), slice_key.2.clone()));
             if groups.is_empty() {
                 self.slices_by_service.remove(&svc);
             }
@@ -524,49 +783,67 @@ impl MeshIndex {
     }
 
     /// Forgets a pod; true if it existed.
-    fn remove_pod(&mut self, key: &NsName) -> bool {
+    fn remove_pod(&mut self, key: &CKey) -> bool {
         let Some(old) = self.pods.remove(key) else {
             return false;
         };
+        let cluster = key.0.clone();
         for ip in &old.ips {
-            if self.pods_by_ip.get(ip) == Some(key) {
-                self.pods_by_ip.remove(ip);
-                Arc::make_mut(&mut self.workloads_by_ip).remove(ip);
+            let ipk = (cluster.clone(), *ip);
+            if self
+                .pods_by_ip
+                .get(&ipk)
+                .is_some_and(|(ns, n)| *ns == key.1 && *n == key.2)
+            {
+                self.pods_by_ip.remove(&ipk);
+                if let Some(eff) = self.workload_ips.remove(ip, &cluster) {
+                    publish_hash(&mut self.workloads_by_ip, *ip, eff);
+                }
             }
-            self.dirty_services_at(*ip);
+            self.dirty_services_at(&cluster, *ip);
         }
         true
     }
 
-    fn dirty_services_at(&mut self, ip: IpAddr) {
-        if let Some(keys) = self.services_by_ip.get(&ip) {
+    fn dirty_services_at(&mut self, cluster: &ClusterId, ip: IpAddr) {
+        if let Some(keys) = self.services_by_ip.get(&(cluster.clone(), ip)) {
             self.dirty_endpoints.extend(keys.iter().cloned());
         }
     }
 
-    fn node_changed(&mut self, node: &str) {
+    fn node_changed(&mut self, node: &NodeKey) {
         // Node edits that matter (topology labels) are rare: re-join every service with an
         // endpoint on that node.
-        let pods_on_node: BTreeSet<&NsName> = self
+        let (cluster, name) = node;
+        let pods_on_node: BTreeSet<(&Arc<str>, &Arc<str>)> = self
             .pods
             .iter()
-            .filter(|(_, w)| w.node_name.as_deref() == Some(node))
-            .map(|(k, _)| k)
+            .filter(|(k, w)| k.0 == *cluster && w.node_name.as_deref() == Some(&**name))
+            .map(|(k, _)| (&k.1, &k.2))
             .collect();
+        let on_node = |e: &crate::endpoints::RawEndpoint| {
+            e.node.as_deref() == Some(&**name)
+                || e.pod
+                    .as_ref()
+                    .is_some_and(|(ns, n)| pods_on_node.contains(&(ns, n)))
+        };
         for (svc, groups) in &self.slices_by_service {
-            let hit = groups.values().flat_map(|g| &g.endpoints).any(|e| {
-                e.node.as_deref() == Some(node)
-                    || e.pod.as_ref().is_some_and(|p| pods_on_node.contains(p))
-            });
+            let hit = groups
+                .iter()
+                .filter(|((c, _), _)| c == cluster)
+                .flat_map(|(_, g)| &g.endpoints)
+                .any(on_node);
             if hit {
                 self.dirty_endpoints.insert(svc.clone());
             }
         }
-        for (svc, groups) in &self.legacy_endpoints {
-            if groups
-                .iter()
+        for (svc, per) in &self.legacy_endpoints {
+            if per
+                .get(cluster)
+                .into_iter()
+                .flatten()
                 .flat_map(|g| &g.endpoints)
-                .any(|e| e.node.as_deref() == Some(node))
+                .any(on_node)
             {
                 self.dirty_endpoints.insert(svc.clone());
             }
@@ -574,7 +851,7 @@ impl MeshIndex {
         self.pending.workloads = true;
     }
 
-    fn apply_configmap(&mut self, cm: &core::ConfigMap) {
+    fn apply_configmap(&mut self, cluster: &ClusterId, cm: &core::ConfigMap) {
         let (ns, name) = ns_name(&cm.metadata);
         if *ns != *self.opts.system_namespace || !self.is_mesh_configmap(&name) {
             return;
@@ -587,8 +864,9 @@ impl MeshIndex {
             .unwrap_or_default();
         match parse_mesh_config(text) {
             Ok(mesh) => {
-                self.mesh_configmaps.insert(name, mesh);
-                self.refresh_mesh();
+                if self.mesh_configmaps.set(name, cluster, mesh).is_some() {
+                    self.refresh_mesh();
+                }
             }
             Err(error) => {
                 warn!(%error, configmap = %name, "mesh config invalid; keeping the previous one")
@@ -601,18 +879,30 @@ impl MeshIndex {
     }
 
     fn refresh_mesh(&mut self) {
-        let rev_name = format!("istio-{}", self.opts.revision);
+        let rev_name: Arc<str> = format!("istio-{}", self.opts.revision).into();
         let mesh = self
             .mesh_configmaps
-            .get(rev_name.as_str())
-            .or_else(|| self.mesh_configmaps.get("istio"))
-            .cloned()
+            .effective(&rev_name)
+            .or_else(|| self.mesh_configmaps.effective(&Arc::from("istio")))
+            .map(|m| (**m).clone())
             .unwrap_or_default();
         if *self.mesh != mesh {
             self.mesh = Arc::new(mesh);
             self.pending.full = true;
         }
     }
+}
+
+fn publish_hash<K: Hash + Eq + Clone, V>(
+    map: &mut Arc<HashMap<K, Arc<V>>>,
+    key: K,
+    value: Option<Arc<V>>,
+) {
+    let m = Arc::make_mut(map);
+    match value {
+        Some(v) => m.insert(key, v),
+        None => m.remove(&key),
+    };
 }
 
 /// Parses the YAML of a mesh ConfigMap's `mesh` key.
@@ -627,47 +917,32 @@ pub fn parse_mesh_config(text: &str) -> Result<MeshConfig, String> {
     MeshConfig::from_json_value(value)
 }
 
-fn config_key(
-    meta: &strait_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> ConfigKey {
+fn config_key(meta: &ObjectMeta) -> ConfigKey {
     ConfigKey::new(
         meta.namespace.as_deref().unwrap_or_default(),
         meta.name.as_deref().unwrap_or_default(),
     )
 }
 
-/// Inserts a config object unless an equal one is already there. Bookkeeping fields that
-/// change on every write (resourceVersion, managedFields, status) are dropped first so that a
-/// status update is not mistaken for a config change.
-fn upsert<S: PartialEq>(
-    map: &mut Arc<BTreeMap<ConfigKey, Arc<IstioObject<S>>>>,
-    key: ConfigKey,
-    mut obj: IstioObject<S>,
-    kind: Kind,
-    pending: &mut ChangeSet,
-) {
+/// Drops bookkeeping fields that change on every write (resourceVersion, managedFields,
+/// status), so that a status update is not mistaken for a config change.
+fn normalized<S>(mut obj: IstioObject<S>) -> IstioObject<S> {
     obj.status = None;
     obj.metadata.resource_version = None;
     obj.metadata.managed_fields = None;
     obj.metadata.generation = None;
-    if map.get(&key).map(|o| **o != obj).unwrap_or(true) {
-        Arc::make_mut(map).insert(key, Arc::new(obj));
-        pending.config.insert(kind);
-    }
+    obj
 }
 
-fn remove<T>(
-    map: &mut Arc<BTreeMap<ConfigKey, Arc<T>>>,
-    key: &NsName,
+fn config_change<V>(
+    map: &mut Arc<BTreeMap<ConfigKey, Arc<V>>>,
+    key: ConfigKey,
+    eff: Option<Option<Arc<V>>>,
     kind: Kind,
     pending: &mut ChangeSet,
 ) {
-    let key = ConfigKey {
-        namespace: key.0.clone(),
-        name: key.1.clone(),
-    };
-    if map.contains_key(&key) {
-        Arc::make_mut(map).remove(&key);
+    if let Some(eff) = eff {
+        publish(map, key, eff);
         pending.config.insert(kind);
     }
 }
@@ -872,5 +1147,68 @@ mod tests {
         idx.delete(&ObjectRef::new(Kind::ConfigMap, "istio-system", "istio"));
         let (snap, _) = idx.snapshot();
         assert_eq!(snap.mesh.access_log_file, "");
+    }
+
+    fn cluster(id: &str) -> ClusterId {
+        ClusterId::from(id)
+    }
+
+    #[test]
+    fn clusters_merge_services_and_keep_their_own_locality() {
+        let mut idx = index();
+        let (a, b) = (cluster("east"), cluster("west"));
+        // The same node name means different machines in different clusters.
+        idx.apply_in(&a, mk_node("n1", "us-east", "us-east-1a"));
+        idx.apply_in(&b, mk_node("n1", "us-west", "us-west-2b"));
+        idx.apply_in(&a, mk_service("web", "shop", &[8080]));
+        idx.apply_in(&b, mk_service("web", "shop", &[8080]));
+        idx.apply_in(
+            &a,
+            mk_pod("web-0", "shop", "10.0.0.1", &[("app", "web")], "n1"),
+        );
+        idx.apply_in(
+            &b,
+            mk_pod("web-0", "shop", "10.0.0.1", &[("app", "web")], "n1"),
+        );
+        idx.apply_in(&a, mk_slice("web-x", "shop", "web", &["10.0.0.1"], &[8080]));
+        idx.apply_in(&b, mk_slice("web-x", "shop", "web", &["10.0.0.1"], &[8080]));
+        let (snap, _) = idx.snapshot();
+        assert_eq!(snap.services.len(), 1);
+        let eps = snap.endpoints_of(&key("shop", "web")).expect("endpoints");
+        let mut zones: Vec<(String, String)> = eps
+            .for_port(Some("http-8080"))
+            .map(|(e, _)| (e.cluster.to_string(), e.locality.zone.clone()))
+            .collect();
+        zones.sort();
+        assert_eq!(
+            zones,
+            [
+                ("east".to_string(), "us-east-1a".to_string()),
+                ("west".to_string(), "us-west-2b".to_string())
+            ]
+        );
+
+        // One cluster losing the service keeps the other's definition and endpoints.
+        idx.delete_in(&a, &ObjectRef::new(Kind::Service, "shop", "web"));
+        idx.delete_in(&a, &ObjectRef::new(Kind::EndpointSlice, "shop", "web-x"));
+        let (snap, _) = idx.snapshot();
+        assert_eq!(snap.services.len(), 1);
+        assert_eq!(
+            snap.endpoints_of(&key("shop", "web")).map(|e| e.len()),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_cluster_relist_leaves_other_clusters_alone() {
+        let mut idx = index();
+        let (a, b) = (cluster("east"), cluster("west"));
+        idx.apply_in(&a, mk_service("one", "ns", &[80]));
+        idx.apply_in(&b, mk_service("two", "ns", &[80]));
+        let _ = idx.snapshot();
+        idx.reset_in(&a, &[Kind::Service], vec![mk_service("three", "ns", &[80])]);
+        let (snap, _) = idx.snapshot();
+        let names: Vec<_> = snap.services.keys().map(|k| k.name.to_string()).collect();
+        assert_eq!(names, ["three", "two"]);
     }
 }

@@ -21,12 +21,12 @@ pub mod testing;
 
 pub use config::{ConfigKey, ConfigStore};
 pub use endpoints::{Endpoint, EndpointGroup, EndpointPort, EndpointSet, Health};
-pub use event::{ChangeSet, Event};
+pub use event::{ChangeSet, ClusterEvent, ClusterId, Event};
 pub use index::{IndexOptions, MeshIndex, parse_mesh_config};
 pub use proxy::{EnvoyVersion, InterceptionMode, Proxy, ProxyKind, ProxyNode, ProxyNodeError};
 pub use secret::Secret;
 pub use service::{Protocol, Service, ServiceKey, ServiceKind, ServicePort, TargetPort};
-pub use snapshot::{MeshSnapshot, NsName};
+pub use snapshot::{MeshSnapshot, NodeKey, NsName};
 pub use workload::{Labels, Locality, Namespace, Node, Workload, selector_matches};
 
 /// Errors of the model crate.

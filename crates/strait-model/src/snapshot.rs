@@ -13,6 +13,9 @@ use crate::service::{Service, ServiceKey};
 /// A namespace and a name.
 pub type NsName = (Arc<str>, Arc<str>);
 
+/// A node: its cluster and its name.
+pub type NodeKey = (crate::event::ClusterId, Arc<str>);
+
 use crate::workload::{Labels, Locality, Namespace, Node, Workload, selector_matches};
 
 /// One version of the whole mesh. Cheap to clone; never changes once built.
@@ -32,8 +35,8 @@ pub struct MeshSnapshot {
     pub endpoints: Arc<HashMap<ServiceKey, Arc<EndpointSet>>>,
     /// Pods by IP.
     pub workloads: Arc<HashMap<IpAddr, Arc<Workload>>>,
-    /// Nodes by name.
-    pub nodes: Arc<HashMap<Arc<str>, Arc<Node>>>,
+    /// Nodes by cluster and name.
+    pub nodes: Arc<HashMap<NodeKey, Arc<Node>>>,
     /// Namespaces by name.
     pub namespaces: Arc<BTreeMap<Arc<str>, Arc<Namespace>>>,
     /// Secrets by namespace and name.
@@ -89,7 +92,7 @@ impl MeshSnapshot {
         if let Some(l) = &w.locality_override {
             return Some(l.clone());
         }
-        let node = self.nodes.get(w.node_name.as_deref()?)?;
+        let node = self.nodes.get(&(w.cluster.clone(), w.node_name.clone()?))?;
         (!node.locality.is_empty()).then(|| node.locality.clone())
     }
 

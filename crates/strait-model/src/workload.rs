@@ -109,6 +109,8 @@ impl Namespace {
 /// A workload instance: a Pod, as far as routing cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
+    /// The cluster it runs in.
+    pub cluster: crate::event::ClusterId,
     /// Namespace.
     pub namespace: Arc<str>,
     /// Pod name.
@@ -130,8 +132,8 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// From a Kubernetes Pod.
-    pub fn from_k8s(p: &core::Pod) -> Workload {
+    /// From a Kubernetes Pod of `cluster`.
+    pub fn from_k8s(p: &core::Pod, cluster: &crate::event::ClusterId) -> Workload {
         let labels = p.metadata.labels.clone().unwrap_or_default();
         let mut ips: Vec<IpAddr> = Vec::new();
         // A finished pod's IP is free for reuse by another pod: it no longer identifies it.
@@ -182,6 +184,7 @@ impl Workload {
             .get("istio-locality")
             .map(|l| Arc::new(Locality::parse(l)));
         Workload {
+            cluster: cluster.clone(),
             namespace: p.metadata.namespace.as_deref().unwrap_or_default().into(),
             name: p.metadata.name.as_deref().unwrap_or_default().into(),
             ips,

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use notify::Watcher;
 use strait_api::{Object, ObjectRef, Severity};
-use strait_model::Event;
+use strait_model::{ClusterEvent, Event};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -294,15 +294,15 @@ impl DirSource {
 
     /// Runs the source: an initial scan followed by `Synced`, then a rescan whenever the
     /// file system reports a change (and every poll interval as a safety net).
-    pub async fn run(mut self, tx: mpsc::Sender<Event>) -> Result<()> {
+    pub async fn run(mut self, tx: mpsc::Sender<ClusterEvent>) -> Result<()> {
         let initial = self.scan()?;
         info!(dir = %self.root.display(), objects = self.applied.len(), problems = self.problem_count(), "config directory loaded");
         for e in initial {
-            if tx.send(e).await.is_err() {
+            if tx.send(e.into()).await.is_err() {
                 return Ok(());
             }
         }
-        if tx.send(Event::Synced).await.is_err() {
+        if tx.send(Event::Synced.into()).await.is_err() {
             return Ok(());
         }
         let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<()>();
@@ -348,7 +348,7 @@ impl DirSource {
                         info!(changes = events.len(), "config directory changed");
                     }
                     for e in events {
-                        if tx.send(e).await.is_err() {
+                        if tx.send(e.into()).await.is_err() {
                             return Ok(());
                         }
                     }
@@ -488,13 +488,21 @@ mod tests {
         );
         let (tx, mut rx) = mpsc::channel(16);
         let task = tokio::spawn(src.run(tx));
-        assert!(matches!(rx.recv().await, Some(Event::Apply(_))));
-        assert!(matches!(rx.recv().await, Some(Event::Synced)));
+        assert!(matches!(
+            rx.recv().await.map(|e| e.event),
+            Some(Event::Apply(_))
+        ));
+        assert!(matches!(
+            rx.recv().await.map(|e| e.event),
+            Some(Event::Synced)
+        ));
         write(dir.path(), "b.yaml", &svc("b", 80));
         let next = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .expect("change seen");
-        assert!(matches!(next, Some(Event::Apply(o)) if o.reference().name == "b"));
+        assert!(
+            matches!(next.map(|e| e.event), Some(Event::Apply(o)) if o.reference().name == "b")
+        );
         task.abort();
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use strait_model::{ChangeSet, Event, MeshIndex, MeshSnapshot, Proxy, ProxyNode};
+use strait_model::{ChangeSet, ClusterEvent, Event, MeshIndex, MeshSnapshot, Proxy, ProxyNode};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -145,7 +145,7 @@ impl PushController {
     pub async fn run(
         self,
         mut index: MeshIndex,
-        mut events: mpsc::Receiver<Event>,
+        mut events: mpsc::Receiver<ClusterEvent>,
         opts: PushOptions,
     ) {
         let mut synced = 0usize;
@@ -153,7 +153,10 @@ impl PushController {
         // proxy never sees a half-loaded mesh.
         while synced < opts.sources {
             match events.recv().await {
-                Some(Event::Synced) => synced += 1,
+                Some(ClusterEvent {
+                    event: Event::Synced,
+                    ..
+                }) => synced += 1,
                 Some(e) => index.handle(e),
                 None => return,
             }
