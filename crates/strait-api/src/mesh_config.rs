@@ -28,6 +28,9 @@ pub struct MeshConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub locality_lb_setting: Option<serde_json::Value>,
+    /// Gateways select gateway proxies in their own namespace only (strait's spelling of
+    /// Istio's `PILOT_SCOPE_GATEWAY_TO_NAMESPACE`; off by default, as in Istio).
+    pub scope_gateway_to_namespace: bool,
     /// Namespaces a Service is visible to when it says nothing (`*` by default).
     pub default_service_export_to: Vec<String>,
     /// Same for VirtualServices.
@@ -47,6 +50,7 @@ impl Default for MeshConfig {
             connect_timeout: None,
             default_config: ProxyConfig::default(),
             locality_lb_setting: None,
+            scope_gateway_to_namespace: false,
             default_service_export_to: Vec::new(),
             default_virtual_service_export_to: Vec::new(),
             default_destination_rule_export_to: Vec::new(),

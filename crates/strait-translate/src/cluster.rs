@@ -1,12 +1,10 @@
 //! Clusters: one outbound cluster per service port, the static catch-alls, and the inbound
 //! clusters of a proxy's own workload.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use envoy_types::pb::envoy::config::cluster::v3::{
-    CircuitBreakers, Cluster, circuit_breakers, cluster,
-};
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     BindConfig, Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress, socket_address,
 };
@@ -16,109 +14,129 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
+use envoy_types::pb::google::protobuf::Any;
 use strait_model::{
-    InterceptionMode, MeshSnapshot, Protocol, Proxy, Service, ServiceKind, TargetPort,
+    InterceptionMode, MeshSnapshot, Protocol, Proxy, Service, ServiceKind, ServicePort, TargetPort,
 };
 
+use crate::config::EffectiveDr;
+use crate::policy;
+
 use crate::names;
-use crate::util::{
-    ads_config_source, any, duration, ip_address, seconds, socket_address, u32_value,
-};
+use crate::util::{ads_config_source, any, duration, ip_address, seconds, socket_address};
 
 const DEFAULT_CONNECT_TIMEOUT_SECS: i64 = 10;
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
-fn connect_timeout(snap: &MeshSnapshot) -> envoy_types::pb::google::protobuf::Duration {
+pub(crate) fn connect_timeout(snap: &MeshSnapshot) -> envoy_types::pb::google::protobuf::Duration {
     snap.mesh
         .connect_timeout
         .map(|d| duration(d.get()))
         .unwrap_or_else(|| seconds(DEFAULT_CONNECT_TIMEOUT_SECS))
 }
 
-/// Envoy's default circuit-breaker limits (1024) would throttle a busy mesh that asked for no
-/// limits; like Istio, lift them unless a DestinationRule sets its own.
 fn unlimited_circuit_breakers() -> CircuitBreakers {
     CircuitBreakers {
-        thresholds: vec![circuit_breakers::Thresholds {
-            max_connections: u32_value(u32::MAX),
-            max_pending_requests: u32_value(u32::MAX),
-            max_requests: u32_value(u32::MAX),
-            max_retries: u32_value(u32::MAX),
-            track_remaining: true,
-            ..Default::default()
-        }],
+        thresholds: vec![policy::unlimited_thresholds()],
         ..Default::default()
     }
 }
 
-/// Upstream protocol options: explicit HTTP/2 for h2 and gRPC ports.
-fn protocol_options(
-    protocol: Protocol,
-) -> std::collections::HashMap<String, envoy_types::pb::google::protobuf::Any> {
-    let mut m = std::collections::HashMap::new();
-    if protocol.is_http2() {
-        let opts = HttpProtocolOptions {
-            upstream_protocol_options: Some(
-                http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                    http_protocol_options::ExplicitHttpConfig {
-                        protocol_config: Some(
-                            http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                                Http2ProtocolOptions::default(),
-                            ),
-                        ),
-                    },
-                ),
-            ),
-            ..Default::default()
-        };
-        m.insert(HTTP_PROTOCOL_OPTIONS.to_string(), any(&opts));
-    }
-    m
+/// Upstream protocol options for a port's protocol with no policy applied.
+fn protocol_options(protocol: Protocol) -> HashMap<String, Any> {
+    policy::HttpOptions::for_protocol(protocol).encode()
 }
 
 fn discovery_type(t: cluster::DiscoveryType) -> Option<cluster::ClusterDiscoveryType> {
     Some(cluster::ClusterDiscoveryType::Type(t as i32))
 }
 
-/// The outbound clusters of one Service: `outbound|<port>||<host>` for every proxied port.
-pub fn outbound_clusters(snap: &MeshSnapshot, svc: &Service) -> Vec<Cluster> {
-    svc.ports
-        .iter()
-        .filter(|p| p.protocol.is_proxied())
-        .map(|p| {
-            let name = names::outbound_cluster(p.port, "", &svc.hostname);
-            let mut c = Cluster {
-                name: name.clone(),
-                connect_timeout: Some(connect_timeout(snap)),
-                lb_policy: cluster::LbPolicy::LeastRequest as i32,
-                circuit_breakers: Some(unlimited_circuit_breakers()),
-                typed_extension_protocol_options: protocol_options(p.protocol),
+/// The outbound clusters of one Service and what they need from SDS.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct OutboundClusters {
+    /// `outbound|<port>||<host>` for every proxied port, and `outbound|<port>|<subset>|<host>`
+    /// for every subset of the service's DestinationRule.
+    pub clusters: Vec<Cluster>,
+    /// SDS secret names the clusters refer to (`credentialName` of upstream TLS).
+    pub secrets: BTreeSet<String>,
+}
+
+/// The outbound clusters of one Service, with the DestinationRule that applies (if any).
+pub fn outbound_clusters(
+    snap: &MeshSnapshot,
+    svc: &Service,
+    dr: Option<&EffectiveDr>,
+) -> OutboundClusters {
+    let mut out = OutboundClusters::default();
+    for p in svc.ports.iter().filter(|p| p.protocol.is_proxied()) {
+        out.clusters
+            .push(build_cluster(snap, svc, p, "", dr, &mut out.secrets));
+        for subset in dr.iter().flat_map(|d| d.spec.subsets.iter()) {
+            out.clusters.push(build_cluster(
+                snap,
+                svc,
+                p,
+                &subset.name,
+                dr,
+                &mut out.secrets,
+            ));
+        }
+    }
+    out
+}
+
+fn build_cluster(
+    snap: &MeshSnapshot,
+    svc: &Service,
+    p: &ServicePort,
+    subset: &str,
+    dr: Option<&EffectiveDr>,
+    secrets: &mut BTreeSet<String>,
+) -> Cluster {
+    let name = names::outbound_cluster(p.port, subset, &svc.hostname);
+    let mut c = Cluster {
+        name: name.clone(),
+        connect_timeout: Some(connect_timeout(snap)),
+        lb_policy: cluster::LbPolicy::LeastRequest as i32,
+        circuit_breakers: Some(unlimited_circuit_breakers()),
+        ..Default::default()
+    };
+    match &svc.kind {
+        ServiceKind::ExternalName(target) => {
+            c.cluster_discovery_type = discovery_type(cluster::DiscoveryType::StrictDns);
+            c.dns_lookup_family = cluster::DnsLookupFamily::V4Only as i32;
+            c.load_assignment = Some(ClusterLoadAssignment {
+                cluster_name: name,
+                endpoints: vec![LocalityLbEndpoints {
+                    lb_endpoints: vec![lb(socket_address(target, p.port))],
+                    ..Default::default()
+                }],
                 ..Default::default()
-            };
-            match &svc.kind {
-                ServiceKind::ExternalName(target) => {
-                    c.cluster_discovery_type = discovery_type(cluster::DiscoveryType::StrictDns);
-                    c.dns_lookup_family = cluster::DnsLookupFamily::V4Only as i32;
-                    c.load_assignment = Some(ClusterLoadAssignment {
-                        cluster_name: name,
-                        endpoints: vec![LocalityLbEndpoints {
-                            lb_endpoints: vec![lb(socket_address(target, p.port))],
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    });
-                }
-                ServiceKind::ClusterIp | ServiceKind::Headless => {
-                    c.cluster_discovery_type = discovery_type(cluster::DiscoveryType::Eds);
-                    c.eds_cluster_config = Some(cluster::EdsClusterConfig {
-                        eds_config: Some(ads_config_source()),
-                        service_name: name,
-                    });
-                }
-            }
-            c
-        })
-        .collect()
+            });
+        }
+        ServiceKind::ClusterIp | ServiceKind::Headless => {
+            c.cluster_discovery_type = discovery_type(cluster::DiscoveryType::Eds);
+            c.eds_cluster_config = Some(cluster::EdsClusterConfig {
+                eds_config: Some(ads_config_source()),
+                service_name: name,
+            });
+        }
+    }
+    let mut http = policy::HttpOptions::for_protocol(p.protocol);
+    if let Some(dr) = dr {
+        let tp = dr.policy(p.port, (!subset.is_empty()).then_some(subset));
+        policy::apply(
+            &mut c,
+            &tp,
+            &mut http,
+            &mut policy::PolicyContext {
+                protocol: p.protocol,
+                secrets,
+            },
+        );
+    }
+    c.typed_extension_protocol_options = http.encode();
+    c
 }
 
 fn lb(address: envoy_types::pb::envoy::config::core::v3::Address) -> LbEndpoint {

@@ -6,7 +6,7 @@ use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
-use strait_model::{EndpointSet, Health, Service, ServicePort};
+use strait_model::{EndpointSet, Health, Labels, Service, ServicePort, selector_matches};
 
 use crate::names;
 use crate::util::{ip_address, u32_value};
@@ -18,12 +18,24 @@ pub fn load_assignment(
     port: &ServicePort,
     endpoints: Option<&EndpointSet>,
 ) -> ClusterLoadAssignment {
-    let cluster_name = names::outbound_cluster(port.port, "", &svc.hostname);
+    subset_load_assignment(svc, port, endpoints, "", &Labels::new())
+}
+
+/// The load assignment of `outbound|<port>|<subset>|<host>`: the ready endpoints whose labels
+/// include `labels`.
+pub fn subset_load_assignment(
+    svc: &Service,
+    port: &ServicePort,
+    endpoints: Option<&EndpointSet>,
+    subset: &str,
+    labels: &Labels,
+) -> ClusterLoadAssignment {
+    let cluster_name = names::outbound_cluster(port.port, subset, &svc.hostname);
     let mut by_locality: BTreeMap<&strait_model::Locality, Vec<(std::net::IpAddr, u16)>> =
         BTreeMap::new();
     if let Some(set) = endpoints {
         for (e, target) in set.for_port(port.name.as_deref()) {
-            if e.health == Health::Healthy {
+            if e.health == Health::Healthy && selector_matches(labels, &e.labels) {
                 by_locality
                     .entry(&e.locality)
                     .or_default()
@@ -63,4 +75,26 @@ pub fn load_assignment(
         endpoints,
         ..Default::default()
     }
+}
+
+/// The load assignments of a Service: one per proxied port, plus one per subset of its
+/// DestinationRule. ExternalName services have none (their clusters resolve DNS).
+pub fn service_load_assignments(
+    svc: &Service,
+    endpoints: Option<&EndpointSet>,
+    dr: Option<&crate::config::EffectiveDr>,
+) -> Vec<ClusterLoadAssignment> {
+    if matches!(svc.kind, strait_model::ServiceKind::ExternalName(_)) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for p in svc.ports.iter().filter(|p| p.protocol.is_proxied()) {
+        out.push(load_assignment(svc, p, endpoints));
+        for s in dr.iter().flat_map(|d| d.spec.subsets.iter()) {
+            out.push(subset_load_assignment(
+                svc, p, endpoints, &s.name, &s.labels,
+            ));
+        }
+    }
+    out
 }

@@ -10,10 +10,15 @@
 
 pub mod bootstrap;
 pub mod cluster;
+pub mod config;
 pub mod endpoint;
+pub mod gateway;
+pub mod http_route;
 pub mod listener;
 pub mod names;
+pub mod policy;
 pub mod route;
+pub mod sds;
 pub mod util;
 
 use std::net::IpAddr;
@@ -23,7 +28,10 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use strait_model::{InterceptionMode, MeshSnapshot, Proxy, ProxyKind, ServiceKind};
+use strait_model::{InterceptionMode, MeshSnapshot, Proxy, ProxyKind};
+
+pub use config::{ConfigIndex, EffectiveDr};
+use http_route::RouteContext;
 
 /// Type URL of clusters (CDS).
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -38,28 +46,50 @@ pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteCon
 pub const SECRET_TYPE: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
-/// What decides a proxy's outbound configuration. Proxies of one class receive the same
+/// What decides a proxy's listeners and routes. Proxies of one class receive the same
 /// outbound listeners and routes, so those are built once per class.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProxyClass {
     /// Sidecar or gateway.
     pub kind: ProxyKind,
-    /// The proxy's namespace (short host names resolve in it).
+    /// The proxy's namespace (short host names resolve in it; config visibility).
     pub namespace: Arc<str>,
     /// How traffic reaches it.
     pub interception: InterceptionMode,
     /// Without capture: where outbound listeners bind.
     pub outbound_bind: Option<IpAddr>,
+    /// Which DestinationRules it resolves (see [`ConfigIndex::dr_scope`]).
+    pub dr_scope: u64,
+    /// Which source-conditioned VirtualService rules apply to it.
+    pub source_scope: u64,
+    /// Gateways only: the Gateways that select it.
+    pub gateways: Vec<strait_model::ConfigKey>,
 }
 
 impl ProxyClass {
     /// The class of a resolved proxy.
-    pub fn of(proxy: &Proxy) -> ProxyClass {
+    pub fn of(proxy: &Proxy, snap: &MeshSnapshot, config: &ConfigIndex) -> ProxyClass {
+        let gateways = if proxy.node.kind == ProxyKind::Router {
+            config
+                .gateways_for(
+                    &proxy.labels,
+                    &proxy.namespace,
+                    snap.mesh.scope_gateway_to_namespace,
+                )
+                .into_iter()
+                .map(|(k, _)| k.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         ProxyClass {
             kind: proxy.node.kind,
             namespace: proxy.namespace.clone(),
             interception: proxy.node.interception,
             outbound_bind: proxy.node.outbound_bind,
+            dr_scope: config.dr_scope(&proxy.namespace, &proxy.labels),
+            source_scope: config.source_scope(&proxy.namespace, &proxy.labels),
+            gateways,
         }
     }
 }
@@ -75,56 +105,102 @@ pub struct ProxyResources {
     pub listeners: Vec<Listener>,
     /// RDS.
     pub routes: Vec<RouteConfiguration>,
+    /// SDS.
+    pub secrets: Vec<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>,
 }
 
-/// Every EDS load assignment the snapshot defines (one per proxied port of every service
-/// that is not an ExternalName), in cluster-name order.
-pub fn all_load_assignments(snap: &MeshSnapshot) -> Vec<ClusterLoadAssignment> {
-    let mut out: Vec<ClusterLoadAssignment> = Vec::new();
-    for svc in snap.services.values() {
-        if matches!(svc.kind, ServiceKind::ExternalName(_)) {
-            continue;
-        }
-        let eps = snap.endpoints_of(&svc.key).map(|e| &**e);
-        for p in svc.ports.iter().filter(|p| p.protocol.is_proxied()) {
-            out.push(endpoint::load_assignment(svc, p, eps));
-        }
+/// The DestinationRule that applies to a service for this proxy.
+pub fn service_dr(
+    config: &ConfigIndex,
+    svc: &strait_model::Service,
+    proxy: &Proxy,
+) -> Option<EffectiveDr> {
+    config.destination_rule(
+        &svc.hostname,
+        Some(&svc.key.namespace),
+        &proxy.namespace,
+        &proxy.labels,
+    )
+}
+
+/// A route context for a proxy (the port is set per route configuration).
+pub fn route_context<'a>(
+    snap: &'a MeshSnapshot,
+    config: &'a ConfigIndex,
+    proxy: &'a Proxy,
+    gateways: &'a [String],
+) -> RouteContext<'a> {
+    RouteContext {
+        snap,
+        config,
+        proxy_ns: &proxy.namespace,
+        labels: &proxy.labels,
+        gateways,
+        port: 0,
+        tls: false,
     }
-    out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
-    out
+}
+
+/// The names sidecars use as their gateway (`mesh`).
+pub fn mesh_gateways() -> Vec<String> {
+    vec![config::MESH.to_string()]
 }
 
 /// Builds the complete configuration of one proxy. This is the uncached reference path.
 pub fn generate(snap: &MeshSnapshot, proxy: &Proxy) -> ProxyResources {
-    let class = ProxyClass::of(proxy);
+    let config = ConfigIndex::new(snap);
+    let class = ProxyClass::of(proxy, snap, &config);
     let inbound_ports = cluster::inbound_ports(snap, proxy);
+    let mesh = mesh_gateways();
+    let ctx = route_context(snap, &config, proxy, &mesh);
 
-    let mut clusters: Vec<Cluster> = snap
-        .services
-        .values()
-        .flat_map(|s| cluster::outbound_clusters(snap, s))
-        .collect();
-    clusters.extend(cluster::static_clusters(snap, proxy.node.interception));
+    let mut secret_names = std::collections::BTreeSet::new();
+    let mut clusters: Vec<Cluster> = Vec::new();
+    let mut endpoints: Vec<ClusterLoadAssignment> = Vec::new();
+    for svc in snap.services.values() {
+        let dr = service_dr(&config, svc, proxy);
+        let built = cluster::outbound_clusters(snap, svc, dr.as_ref());
+        clusters.extend(built.clusters);
+        secret_names.extend(built.secrets);
+        endpoints.extend(endpoint::service_load_assignments(
+            svc,
+            snap.endpoints_of(&svc.key).map(|e| &**e),
+            dr.as_ref(),
+        ));
+    }
+    if proxy.node.kind == ProxyKind::Sidecar {
+        clusters.extend(cluster::static_clusters(snap, proxy.node.interception));
+    }
     clusters.extend(cluster::inbound_clusters(snap, proxy, &inbound_ports));
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
 
-    let mut listeners = listener::outbound_listeners(snap, &class);
+    let mut listeners = listener::outbound_listeners(&ctx, &class);
     listeners.extend(listener::inbound_listeners(proxy, &inbound_ports));
-    listeners.sort_by(|a, b| a.name.cmp(&b.name));
-
-    let routes = if proxy.node.kind == ProxyKind::Sidecar {
+    let mut routes: Vec<RouteConfiguration> = if proxy.node.kind == ProxyKind::Sidecar {
         listener::outbound_http_ports(snap)
             .into_iter()
-            .map(|p| route::outbound_route_config(snap, p, &class))
+            .map(|p| route::outbound_route_config(&RouteContext { port: p, ..ctx }, &class))
             .collect()
     } else {
-        Vec::new()
+        let gw = gateway::gateway_config(snap, &config, proxy);
+        listeners.extend(gw.listeners);
+        secret_names.extend(gw.secrets);
+        gw.routes
     };
+    listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    routes.sort_by(|a, b| a.name.cmp(&b.name));
+    let namespaces = [&*proxy.namespace];
+    let secrets = secret_names
+        .iter()
+        .filter_map(|n| sds::secret(snap, n, &namespaces))
+        .collect();
 
     ProxyResources {
         clusters,
-        endpoints: all_load_assignments(snap),
+        endpoints,
         listeners,
         routes,
+        secrets,
     }
 }

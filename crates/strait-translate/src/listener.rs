@@ -17,11 +17,14 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use strait_api::mesh_config::OutboundMode;
-use strait_model::{InterceptionMode, MeshSnapshot, Proxy, ProxyKind, Service, ServicePort};
+use strait_model::{
+    InterceptionMode, MeshSnapshot, Protocol, Proxy, ProxyKind, Service, ServicePort,
+};
 use tracing::warn;
 
 use crate::ProxyClass;
 use crate::cluster::InboundPort;
+use crate::http_route::RouteContext;
 use crate::names;
 use crate::route::default_route;
 use crate::util::{ads_config_source, any, bool_value, ip_address, socket_address, u32_value};
@@ -36,14 +39,37 @@ fn typed_filter<M: prost::Message + prost::Name>(name: &str, m: &M) -> Filter {
     }
 }
 
-fn router_filter() -> HttpFilter {
+fn http_filter<M: prost::Message + prost::Name>(name: &str, m: &M) -> HttpFilter {
     HttpFilter {
-        name: "envoy.filters.http.router".to_string(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(
-            any(&Router::default()),
-        )),
+        name: name.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(m))),
         ..Default::default()
     }
+}
+
+/// Which HTTP filters a connection manager runs before the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpFilters {
+    /// Routes of VirtualServices: CORS and fault injection, configured per route.
+    Outbound,
+    /// A workload's own inbound traffic: routing only.
+    Inbound,
+}
+
+fn http_filters(kind: HttpFilters) -> Vec<HttpFilter> {
+    let mut out = Vec::new();
+    if kind == HttpFilters::Outbound {
+        out.push(http_filter(
+            crate::http_route::CORS_FILTER,
+            &envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors::default(),
+        ));
+        out.push(http_filter(
+            crate::http_route::FAULT_FILTER,
+            &envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::default(),
+        ));
+    }
+    out.push(http_filter("envoy.filters.http.router", &Router::default()));
+    out
 }
 
 /// An HTTP connection manager with Istio's sidecar defaults: websocket upgrades allowed,
@@ -51,12 +77,13 @@ fn router_filter() -> HttpFilter {
 pub fn http_connection_manager(
     stat_prefix: String,
     routes: http_connection_manager::RouteSpecifier,
+    filters: HttpFilters,
 ) -> Filter {
     let hcm = HttpConnectionManager {
         stat_prefix,
         codec_type: http_connection_manager::CodecType::Auto as i32,
         route_specifier: Some(routes),
-        http_filters: vec![router_filter()],
+        http_filters: http_filters(filters),
         use_remote_address: bool_value(false),
         normalize_path: bool_value(true),
         upgrade_configs: vec![http_connection_manager::UpgradeConfig {
@@ -68,11 +95,161 @@ pub fn http_connection_manager(
     typed_filter(HCM, &hcm)
 }
 
-fn rds(port: u16) -> http_connection_manager::RouteSpecifier {
+/// Routes from RDS, by route configuration name.
+pub fn rds(name: String) -> http_connection_manager::RouteSpecifier {
     http_connection_manager::RouteSpecifier::Rds(Rds {
         config_source: Some(ads_config_source()),
-        route_config_name: port.to_string(),
+        route_config_name: name,
     })
+}
+
+/// A TCP proxy to weighted clusters (one cluster when there is one).
+pub fn tcp_proxy_weighted(stat_prefix: &str, clusters: &[(String, u32)]) -> Filter {
+    let spec = match clusters {
+        [(c, _)] => tcp_proxy::ClusterSpecifier::Cluster(c.clone()),
+        _ => tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
+            clusters: clusters
+                .iter()
+                .map(
+                    |(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
+                        name: name.clone(),
+                        weight: *weight,
+                        ..Default::default()
+                    },
+                )
+                .collect(),
+        }),
+    };
+    typed_filter(
+        TCP_PROXY,
+        &TcpProxy {
+            stat_prefix: stat_prefix.to_string(),
+            cluster_specifier: Some(spec),
+            ..Default::default()
+        },
+    )
+}
+
+/// The TLS inspector, so filter chains can match SNI.
+pub fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".to_string(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+            &envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// What VirtualService `tcp` rules say about a TCP service on `port` for this proxy: the
+/// weighted clusters of the first rule that applies.
+pub fn tcp_route_clusters(
+    ctx: &RouteContext<'_>,
+    svc: &Service,
+    port: u16,
+) -> Option<Vec<(String, u32)>> {
+    let vs = ctx.config.mesh_vs_for(&svc.hostname, ctx.proxy_ns)?;
+    let rule = vs.vs.spec.tcp.iter().find(|r| {
+        r.matches.is_empty()
+            || r.matches.iter().any(|m| {
+                (m.port == 0 || m.port == u32::from(port))
+                    && if m.gateways.is_empty() {
+                        strait_model::selector_matches(&m.source_labels, ctx.labels)
+                            && (m.source_namespace.is_empty() || m.source_namespace == ctx.proxy_ns)
+                    } else {
+                        m.gateways.iter().any(|g| {
+                            ctx.gateways
+                                .iter()
+                                .any(|mine| mine == g || mine.ends_with(&format!("/{g}")))
+                        })
+                    }
+            })
+    })?;
+    let ctx = RouteContext { port, ..*ctx };
+    let clusters: Vec<(String, u32)> = rule
+        .route
+        .iter()
+        .filter(|d| d.weight > 0 || rule.route.len() == 1)
+        .map(|d| {
+            let (c, _) =
+                crate::http_route::destination_cluster(&ctx, vs.namespace(), &d.destination);
+            (
+                c,
+                if rule.route.len() == 1 {
+                    100
+                } else {
+                    d.weight as u32
+                },
+            )
+        })
+        .collect();
+    (!clusters.is_empty()).then_some(clusters)
+}
+
+/// Filter chains for a TLS service port: one per VirtualService `tls` rule (by SNI), and a
+/// default chain to the service itself.
+fn tls_chains(
+    ctx: &RouteContext<'_>,
+    svc: &Service,
+    port: u16,
+    default_cluster: &str,
+) -> Vec<FilterChain> {
+    let mut chains = Vec::new();
+    if let Some(vs) = ctx.config.mesh_vs_for(&svc.hostname, ctx.proxy_ns) {
+        let rctx = RouteContext { port, ..*ctx };
+        for (i, rule) in vs.vs.spec.tls.iter().enumerate() {
+            let snis: Vec<String> = rule
+                .matches
+                .iter()
+                .filter(|m| {
+                    (m.port == 0 || m.port == u32::from(port))
+                        && strait_model::selector_matches(&m.source_labels, ctx.labels)
+                })
+                .flat_map(|m| m.sni_hosts.iter().cloned())
+                .collect();
+            if snis.is_empty() {
+                continue;
+            }
+            let clusters: Vec<(String, u32)> = rule
+                .route
+                .iter()
+                .filter(|d| d.weight > 0 || rule.route.len() == 1)
+                .map(|d| {
+                    let (c, _) = crate::http_route::destination_cluster(
+                        &rctx,
+                        vs.namespace(),
+                        &d.destination,
+                    );
+                    (
+                        c,
+                        if rule.route.len() == 1 {
+                            100
+                        } else {
+                            d.weight as u32
+                        },
+                    )
+                })
+                .collect();
+            if clusters.is_empty() {
+                continue;
+            }
+            chains.push(FilterChain {
+                name: format!("{}.{}.tls.{i}", vs.key.namespace, vs.key.name),
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: snis,
+                    transport_protocol: "tls".to_string(),
+                    ..Default::default()
+                }),
+                filters: vec![tcp_proxy_weighted(default_cluster, &clusters)],
+                ..Default::default()
+            });
+        }
+    }
+    chains.push(FilterChain {
+        filters: vec![tcp_proxy(default_cluster)],
+        ..Default::default()
+    });
+    chains
 }
 
 /// A TCP proxy to one cluster.
@@ -138,10 +315,11 @@ pub fn outbound_http_ports(snap: &MeshSnapshot) -> Vec<u16> {
 /// `<clusterIP>_<port>` for TCP services; anything else takes the passthrough (ALLOW_ANY) or
 /// black hole (REGISTRY_ONLY) chain. Without capture (`None`): one listener bound on the
 /// requested address per port.
-pub fn outbound_listeners(snap: &MeshSnapshot, class: &ProxyClass) -> Vec<Listener> {
+pub fn outbound_listeners(ctx: &RouteContext<'_>, class: &ProxyClass) -> Vec<Listener> {
     if class.kind != ProxyKind::Sidecar {
         return Vec::new();
     }
+    let snap = ctx.snap;
     let ports = outbound_ports(snap);
     let mut out = Vec::new();
     match class.interception {
@@ -173,7 +351,8 @@ pub fn outbound_listeners(snap: &MeshSnapshot, class: &ProxyClass) -> Vec<Listen
                     l.filter_chains = vec![FilterChain {
                         filters: vec![http_connection_manager(
                             format!("outbound_0.0.0.0_{port}"),
-                            rds(*port),
+                            rds(port.to_string()),
+                            HttpFilters::Outbound,
                         )],
                         ..Default::default()
                     }];
@@ -181,17 +360,13 @@ pub fn outbound_listeners(snap: &MeshSnapshot, class: &ProxyClass) -> Vec<Listen
                 }
                 for (svc, sp) in &u.tcp {
                     let Some(ip) = svc.cluster_ip else { continue };
-                    let cluster = names::outbound_cluster(sp.port, "", &svc.hostname);
                     let mut l = listener(
                         format!("{ip}_{port}"),
                         ip_address(ip, *port),
                         TrafficDirection::Outbound,
                     );
                     l.bind_to_port = bool_value(false);
-                    l.filter_chains = vec![FilterChain {
-                        filters: vec![tcp_proxy(&cluster)],
-                        ..Default::default()
-                    }];
+                    tcp_listener_chains(ctx, &mut l, svc, sp);
                     out.push(l);
                 }
             }
@@ -199,35 +374,57 @@ pub fn outbound_listeners(snap: &MeshSnapshot, class: &ProxyClass) -> Vec<Listen
         InterceptionMode::None => {
             let bind = class.outbound_bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
             for (port, u) in &ports {
-                let filter = if u.http {
+                let mut l = listener(
+                    format!("{bind}_{port}"),
+                    ip_address(bind, *port),
+                    TrafficDirection::Outbound,
+                );
+                if u.http {
                     if !u.tcp.is_empty() {
                         warn!(
                             port,
                             "port serves HTTP and TCP services; without traffic capture the TCP services are not reachable on it"
                         );
                     }
-                    http_connection_manager(format!("outbound_{bind}_{port}"), rds(*port))
+                    l.filter_chains = vec![FilterChain {
+                        filters: vec![http_connection_manager(
+                            format!("outbound_{bind}_{port}"),
+                            rds(port.to_string()),
+                            HttpFilters::Outbound,
+                        )],
+                        ..Default::default()
+                    }];
                 } else {
                     let (svc, sp) = u.tcp[0];
                     if u.tcp.len() > 1 {
                         warn!(port, chosen = %svc.hostname, "several TCP services share this port; without traffic capture only one is reachable on it");
                     }
-                    tcp_proxy(&names::outbound_cluster(sp.port, "", &svc.hostname))
-                };
-                let mut l = listener(
-                    format!("{bind}_{port}"),
-                    ip_address(bind, *port),
-                    TrafficDirection::Outbound,
-                );
-                l.filter_chains = vec![FilterChain {
-                    filters: vec![filter],
-                    ..Default::default()
-                }];
+                    tcp_listener_chains(ctx, &mut l, svc, sp);
+                }
                 out.push(l);
             }
         }
     }
     out
+}
+
+/// The filter chains of a TCP (or TLS) service's listener: VirtualService `tcp` or `tls` rules
+/// when there are, else straight to the service.
+fn tcp_listener_chains(ctx: &RouteContext<'_>, l: &mut Listener, svc: &Service, sp: &ServicePort) {
+    let cluster = names::outbound_cluster(sp.port, "", &svc.hostname);
+    if matches!(sp.protocol, Protocol::Tls | Protocol::Https) {
+        l.listener_filters = vec![tls_inspector()];
+        l.filter_chains = tls_chains(ctx, svc, sp.port, &cluster);
+        return;
+    }
+    let filter = match tcp_route_clusters(ctx, svc, sp.port) {
+        Some(clusters) => tcp_proxy_weighted(&cluster, &clusters),
+        None => tcp_proxy(&cluster),
+    };
+    l.filter_chains = vec![FilterChain {
+        filters: vec![filter],
+        ..Default::default()
+    }];
 }
 
 fn inbound_filter(p: &InboundPort, stat_addr: &str) -> Filter {
@@ -239,13 +436,19 @@ fn inbound_filter(p: &InboundPort, stat_addr: &str) -> Filter {
                 name: format!("inbound|http|{}", p.target_port),
                 domains: vec!["*".to_string()],
                 routes: vec![{
-                    let mut r = default_route(cluster.clone(), format!("{cluster}/*"));
-                    // Retries belong to the caller's side.
+                    let mut r = default_route(cluster.clone(), format!("{cluster}/*"), None);
+                    // Only requests reset before reaching the application are retried here, as
+                    // Istio does: retrying anything else belongs to the caller.
                     if let Some(envoy_types::pb::envoy::config::route::v3::route::Action::Route(
                         a,
                     )) = r.action.as_mut()
                     {
-                        a.retry_policy = None;
+                        a.retry_policy =
+                            Some(envoy_types::pb::envoy::config::route::v3::RetryPolicy {
+                                retry_on: "reset-before-request".to_string(),
+                                num_retries: u32_value(2),
+                                ..Default::default()
+                            });
                     }
                     r
                 }],
@@ -257,6 +460,7 @@ fn inbound_filter(p: &InboundPort, stat_addr: &str) -> Filter {
         http_connection_manager(
             format!("inbound_{stat_addr}_{}", p.target_port),
             http_connection_manager::RouteSpecifier::RouteConfig(route),
+            HttpFilters::Inbound,
         )
     } else {
         tcp_proxy(&cluster)

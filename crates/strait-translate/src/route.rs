@@ -4,44 +4,17 @@
 use std::collections::HashSet;
 
 use envoy_types::pb::envoy::config::route::v3::{
-    Decorator, DirectResponseAction, RetryPolicy, Route, RouteAction, RouteConfiguration,
-    RouteMatch, VirtualHost, retry_policy, route, route_action, route_match,
+    Decorator, DirectResponseAction, Route, RouteAction, RouteConfiguration, RouteMatch,
+    VirtualHost, route, route_action, route_match,
 };
-use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use strait_api::mesh_config::OutboundMode;
 use strait_model::{InterceptionMode, MeshSnapshot, Service, ServicePort};
 use tracing::warn;
 
 use crate::ProxyClass;
+use crate::http_route::{self, RouteContext};
 use crate::names;
-use crate::util::{any, seconds, u32_value};
-
-/// Istio's default retry policy for mesh traffic: two retries on connection failures, refused
-/// streams and 503s, each on another host.
-pub fn default_retry_policy() -> RetryPolicy {
-    RetryPolicy {
-        retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
-            .to_string(),
-        num_retries: u32_value(2),
-        retriable_status_codes: vec![503],
-        retry_host_predicate: vec![retry_policy::RetryHostPredicate {
-            name: "envoy.retry_host_predicates.previous_hosts".to_string(),
-            config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(
-                any(&PreviousHostsPredicate {}),
-            )),
-        }],
-        host_selection_retry_max_attempts: 5,
-        ..Default::default()
-    }
-}
-
-/// Lets gRPC clients' `grpc-timeout` header set the deadline, as Istio does.
-fn grpc_timeout_from_header() -> route_action::MaxStreamDuration {
-    route_action::MaxStreamDuration {
-        grpc_timeout_header_max: Some(seconds(0)),
-        ..Default::default()
-    }
-}
+use crate::util::seconds;
 
 fn prefix_match(prefix: &str) -> Option<RouteMatch> {
     Some(RouteMatch {
@@ -51,16 +24,25 @@ fn prefix_match(prefix: &str) -> Option<RouteMatch> {
 }
 
 /// A route sending everything to one cluster, with Istio's defaults (no route timeout,
-/// default retries).
-pub fn default_route(cluster: String, operation: String) -> Route {
+/// default retries, the DestinationRule's consistent hash if it asks for one).
+pub fn default_route(
+    cluster: String,
+    operation: String,
+    hash: Option<route_action::HashPolicy>,
+) -> Route {
+    let hashed = hash.is_some();
     Route {
         name: "default".to_string(),
         r#match: prefix_match("/"),
         action: Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
             timeout: Some(seconds(0)),
-            retry_policy: Some(default_retry_policy()),
-            max_stream_duration: Some(grpc_timeout_from_header()),
+            retry_policy: Some(http_route::default_retry_policy(hashed)),
+            max_stream_duration: Some(route_action::MaxStreamDuration {
+                grpc_timeout_header_max: Some(seconds(0)),
+                ..Default::default()
+            }),
+            hash_policy: hash.into_iter().collect(),
             ..Default::default()
         })),
         decorator: Some(Decorator {
@@ -71,19 +53,47 @@ pub fn default_route(cluster: String, operation: String) -> Route {
     }
 }
 
-/// The virtual host of one service port, as seen from `class`.
-pub fn service_virtual_host(svc: &Service, port: &ServicePort, class: &ProxyClass) -> VirtualHost {
+/// The virtual host of one service port, as seen from a proxy: the routes of the
+/// VirtualService for its host when there is one, else a route to the service.
+pub fn service_virtual_host(
+    ctx: &RouteContext<'_>,
+    svc: &Service,
+    port: &ServicePort,
+) -> VirtualHost {
     let cluster = names::outbound_cluster(port.port, "", &svc.hostname);
-    VirtualHost {
-        name: format!("{}:{}", svc.hostname, port.port),
-        domains: svc.domains(port.port, &class.namespace),
-        routes: vec![default_route(
+    let mut routes = Vec::new();
+    if let Some(vs) = ctx.config.mesh_vs_for(&svc.hostname, ctx.proxy_ns) {
+        routes = http_route::vs_routes(ctx, vs);
+    }
+    if routes.is_empty() {
+        let hash = default_hash_policy(ctx, svc, port.port);
+        routes.push(default_route(
             cluster,
             format!("{}:{}/*", svc.hostname, port.port),
-        )],
+            hash,
+        ));
+    }
+    VirtualHost {
+        name: format!("{}:{}", svc.hostname, port.port),
+        domains: svc.domains(port.port, ctx.proxy_ns),
+        routes,
         include_request_attempt_count: true,
         ..Default::default()
     }
+}
+
+/// The consistent-hash policy of the service's DestinationRule, for routes with no
+/// VirtualService.
+fn default_hash_policy(
+    ctx: &RouteContext<'_>,
+    svc: &Service,
+    port: u16,
+) -> Option<route_action::HashPolicy> {
+    let d = strait_api::istio::Destination {
+        host: svc.hostname.to_string(),
+        ..Default::default()
+    };
+    http_route::hash_policy(ctx, &svc.hostname, &d, port)
 }
 
 /// The catch-all virtual host for hosts the mesh does not know: passed through to the
@@ -105,7 +115,10 @@ fn catch_all(snap: &MeshSnapshot, class: &ProxyClass) -> Option<VirtualHost> {
                         names::PASSTHROUGH_CLUSTER.to_string(),
                     )),
                     timeout: Some(seconds(0)),
-                    max_stream_duration: Some(grpc_timeout_from_header()),
+                    max_stream_duration: Some(route_action::MaxStreamDuration {
+                        grpc_timeout_header_max: Some(seconds(0)),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 })),
                 ..Default::default()
@@ -134,18 +147,16 @@ fn catch_all(snap: &MeshSnapshot, class: &ProxyClass) -> Option<VirtualHost> {
 /// The route configuration named after `port`, with a virtual host per HTTP service on that
 /// port. A domain claimed by two services (say, a copied cluster IP) stays with the first in
 /// name order: Envoy refuses duplicate domains in one route configuration.
-pub fn outbound_route_config(
-    snap: &MeshSnapshot,
-    port: u16,
-    class: &ProxyClass,
-) -> RouteConfiguration {
+pub fn outbound_route_config(ctx: &RouteContext<'_>, class: &ProxyClass) -> RouteConfiguration {
+    let snap = ctx.snap;
+    let port = ctx.port;
     let mut seen: HashSet<String> = HashSet::new();
     let mut virtual_hosts = Vec::new();
     for svc in snap.services.values() {
         let Some(sp) = svc.port(port).filter(|p| p.protocol.is_http()) else {
             continue;
         };
-        let mut vh = service_virtual_host(svc, sp, class);
+        let mut vh = service_virtual_host(ctx, svc, sp);
         vh.domains.retain(|d| {
             let fresh = seen.insert(d.clone());
             if !fresh {

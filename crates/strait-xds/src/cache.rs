@@ -1,39 +1,62 @@
 //! Builds proxies' snapshots from mesh snapshots, sharing everything that can be shared.
 //!
-//! * Outbound clusters and load assignments are the same for every proxy: built once per
-//!   service (and rebuilt only when that service, its endpoints or the mesh config change),
-//!   encoded once, and assembled into shared maps. An endpoint change patches the EDS map, so
-//!   proxies can find what changed in O(changes).
-//! * Outbound listeners and routes depend on the proxy's class (kind, namespace, traffic
-//!   capture): built once per class per config change.
+//! * Outbound clusters and load assignments depend on a proxy only through the
+//!   DestinationRules it resolves (its DR *scope*): they are built once per scope, per
+//!   service (rebuilt only when that service, its endpoints, its rule or the mesh config
+//!   change), encoded once, and assembled into shared maps. An endpoint change patches the EDS
+//!   maps, so proxies can find what changed in O(changes).
+//! * Listeners and routes depend on the proxy's class (kind, namespace, traffic capture,
+//!   source-conditioned rules, gateways): built once per class per config change.
+//! * TLS secrets (SDS) are built once per namespace and set of names.
 //! * Only the inbound side (the proxy's own workload) is built per proxy.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use strait_model::{
-    ChangeSet, EndpointSet, InterceptionMode, MeshSnapshot, Proxy, ProxyKind, Service, ServiceKey,
-    ServiceKind,
+    ChangeSet, EndpointSet, InterceptionMode, Labels, MeshSnapshot, Proxy, ProxyKind, Service,
+    ServiceKey,
 };
-use strait_translate::{ProxyClass, cluster, endpoint, listener, route};
+use strait_translate::{
+    ConfigIndex, EffectiveDr, ProxyClass, cluster, endpoint, gateway, listener, route,
+    route_context, sds,
+};
 
 use crate::resource::{ProxySnapshot, Resource, ResourceMap, TypeView, XdsType};
 
 struct ServiceMemo {
     service: Arc<Service>,
     mesh: Arc<strait_api::MeshConfig>,
+    dr: Option<EffectiveDr>,
     clusters: Vec<Arc<Resource>>,
+    secrets: BTreeSet<String>,
 }
 
 struct EndpointMemo {
     service: Arc<Service>,
     endpoints: Option<Arc<EndpointSet>>,
+    dr: Option<EffectiveDr>,
     assignments: Vec<Arc<Resource>>,
+}
+
+/// Clusters and endpoints of one DestinationRule scope.
+struct Scope {
+    /// A proxy of the scope: its namespace and labels resolve rules for all of them.
+    namespace: Arc<str>,
+    labels: Arc<Labels>,
+    services: HashMap<ServiceKey, ServiceMemo>,
+    endpoints: HashMap<ServiceKey, EndpointMemo>,
+    cds: Arc<ResourceMap>,
+    eds: Arc<ResourceMap>,
+    secrets: BTreeSet<String>,
+    used: bool,
 }
 
 struct ClassLayers {
     listeners: Arc<ResourceMap>,
     routes: Arc<ResourceMap>,
+    secrets: BTreeSet<String>,
+    used: bool,
 }
 
 /// The proxy-specific (inbound) layers of a snapshot.
@@ -46,12 +69,11 @@ pub struct OwnLayers {
 /// Shared translation results for the current mesh snapshot.
 pub struct ConfigCache {
     mesh: Arc<MeshSnapshot>,
-    services: HashMap<ServiceKey, ServiceMemo>,
-    endpoints: HashMap<ServiceKey, EndpointMemo>,
-    cds: Arc<ResourceMap>,
-    eds: Arc<ResourceMap>,
+    config: Arc<ConfigIndex>,
+    scopes: HashMap<u64, Scope>,
     static_clusters: HashMap<InterceptionMode, Arc<ResourceMap>>,
     classes: HashMap<ProxyClass, ClassLayers>,
+    secrets: HashMap<(Arc<str>, BTreeSet<String>), Arc<ResourceMap>>,
     empty: Arc<ResourceMap>,
 }
 
@@ -61,131 +83,131 @@ impl Default for ConfigCache {
     }
 }
 
-impl ConfigCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self {
-            mesh: Arc::new(MeshSnapshot::default()),
+fn dr_for(config: &ConfigIndex, svc: &Service, ns: &str, labels: &Labels) -> Option<EffectiveDr> {
+    config.destination_rule(&svc.hostname, Some(&svc.key.namespace), ns, labels)
+}
+
+impl Scope {
+    fn new(namespace: Arc<str>, labels: Arc<Labels>, empty: &Arc<ResourceMap>) -> Self {
+        Scope {
+            namespace,
+            labels,
             services: HashMap::new(),
             endpoints: HashMap::new(),
-            cds: ResourceMap::empty(),
-            eds: ResourceMap::empty(),
-            static_clusters: HashMap::new(),
-            classes: HashMap::new(),
-            empty: ResourceMap::empty(),
+            cds: empty.clone(),
+            eds: empty.clone(),
+            secrets: BTreeSet::new(),
+            used: true,
         }
     }
 
-    /// The mesh snapshot the cache was last updated to.
-    pub fn mesh(&self) -> &Arc<MeshSnapshot> {
-        &self.mesh
-    }
-
-    /// Moves to a new mesh snapshot, rebuilding only what `changes` can have affected.
-    pub fn update(&mut self, mesh: Arc<MeshSnapshot>, changes: &ChangeSet) {
-        self.mesh = mesh;
-        let structural = changes.full || !changes.services.is_empty() || !changes.config.is_empty();
-        if structural {
-            self.rebuild_clusters();
-            self.classes.clear();
-        }
-        if changes.full {
-            self.static_clusters.clear();
-            self.rebuild_endpoints_all();
-        } else {
-            let keys: Vec<ServiceKey> = changes
-                .endpoints
-                .iter()
-                .chain(changes.services.iter())
-                .cloned()
-                .collect();
-            if !keys.is_empty() {
-                self.patch_endpoints(&keys);
-            }
-        }
-    }
-
-    fn rebuild_clusters(&mut self) {
-        let mesh = self.mesh.clone();
+    /// Rebuilds the cluster map, reusing every service whose inputs did not change.
+    fn rebuild_clusters(&mut self, mesh: &Arc<MeshSnapshot>, config: &ConfigIndex) {
         let mut memo = std::mem::take(&mut self.services);
         let mut next = HashMap::with_capacity(mesh.services.len());
         let mut all = Vec::new();
+        let mut secrets = BTreeSet::new();
         for (key, svc) in mesh.services.iter() {
+            let dr = dr_for(config, svc, &self.namespace, &self.labels);
             let entry = match memo.remove(key) {
-                Some(m) if Arc::ptr_eq(&m.service, svc) && Arc::ptr_eq(&m.mesh, &mesh.mesh) => m,
-                _ => ServiceMemo {
-                    service: svc.clone(),
-                    mesh: mesh.mesh.clone(),
-                    clusters: cluster::outbound_clusters(&mesh, svc)
-                        .iter()
-                        .map(|c| Resource::encode(c.name.as_str(), c))
-                        .collect(),
-                },
+                Some(m)
+                    if Arc::ptr_eq(&m.service, svc)
+                        && Arc::ptr_eq(&m.mesh, &mesh.mesh)
+                        && m.dr == dr =>
+                {
+                    m
+                }
+                _ => {
+                    let built = cluster::outbound_clusters(mesh, svc, dr.as_ref());
+                    ServiceMemo {
+                        service: svc.clone(),
+                        mesh: mesh.mesh.clone(),
+                        dr,
+                        clusters: built
+                            .clusters
+                            .iter()
+                            .map(|c| Resource::encode(c.name.as_str(), c))
+                            .collect(),
+                        secrets: built.secrets,
+                    }
+                }
             };
             all.extend(entry.clusters.iter().cloned());
+            secrets.extend(entry.secrets.iter().cloned());
             next.insert(key.clone(), entry);
         }
         self.services = next;
+        self.secrets = secrets;
         let map = ResourceMap::new(all);
         if map.version != self.cds.version {
             self.cds = map;
         }
     }
 
-    fn assignments(mesh: &MeshSnapshot, svc: &Arc<Service>) -> EndpointMemo {
+    fn assignments(
+        mesh: &MeshSnapshot,
+        svc: &Arc<Service>,
+        dr: Option<EffectiveDr>,
+    ) -> EndpointMemo {
         let eps = mesh.endpoints_of(&svc.key).cloned();
-        let assignments = if matches!(svc.kind, ServiceKind::ExternalName(_)) {
-            Vec::new()
-        } else {
-            svc.ports
-                .iter()
-                .filter(|p| p.protocol.is_proxied())
-                .map(|p| {
-                    let cla = endpoint::load_assignment(svc, p, eps.as_deref());
-                    Resource::encode(cla.cluster_name.as_str(), &cla)
-                })
-                .collect()
-        };
+        let assignments = endpoint::service_load_assignments(svc, eps.as_deref(), dr.as_ref())
+            .iter()
+            .map(|cla| Resource::encode(cla.cluster_name.as_str(), cla))
+            .collect();
         EndpointMemo {
             service: svc.clone(),
             endpoints: eps,
+            dr,
             assignments,
         }
     }
 
-    fn rebuild_endpoints_all(&mut self) {
-        let mesh = self.mesh.clone();
-        self.endpoints.clear();
-        let mut all = Vec::new();
-        for (key, svc) in mesh.services.iter() {
-            let m = Self::assignments(&mesh, svc);
-            all.extend(m.assignments.iter().cloned());
-            self.endpoints.insert(key.clone(), m);
-        }
-        self.eds = ResourceMap::new(all);
-    }
-
-    fn patch_endpoints(&mut self, keys: &[ServiceKey]) {
-        let mesh = self.mesh.clone();
+    /// Brings the endpoint map up to date for `keys` (all services when `None`).
+    fn update_endpoints(
+        &mut self,
+        mesh: &MeshSnapshot,
+        config: &ConfigIndex,
+        keys: Option<&[ServiceKey]>,
+    ) {
+        let all_keys: Vec<ServiceKey>;
+        let keys: &[ServiceKey] = match keys {
+            Some(k) => k,
+            None => {
+                let mut k: Vec<ServiceKey> = mesh.services.keys().cloned().collect();
+                k.extend(
+                    self.endpoints
+                        .keys()
+                        .filter(|k| !mesh.services.contains_key(*k))
+                        .cloned(),
+                );
+                all_keys = k;
+                &all_keys
+            }
+        };
         let mut changes: Vec<(Arc<str>, Option<Arc<Resource>>)> = Vec::new();
         for key in keys {
             let old = self.endpoints.remove(key);
-            let new = mesh.services.get(key).map(|svc| match old.as_ref() {
-                Some(m)
-                    if Arc::ptr_eq(&m.service, svc)
-                        && match (&m.endpoints, mesh.endpoints_of(key)) {
-                            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                            (None, None) => true,
-                            _ => false,
-                        } =>
-                {
-                    EndpointMemo {
-                        service: m.service.clone(),
-                        endpoints: m.endpoints.clone(),
-                        assignments: m.assignments.clone(),
+            let new = mesh.services.get(key).map(|svc| {
+                let dr = dr_for(config, svc, &self.namespace, &self.labels);
+                match old.as_ref() {
+                    Some(m)
+                        if Arc::ptr_eq(&m.service, svc)
+                            && m.dr == dr
+                            && match (&m.endpoints, mesh.endpoints_of(key)) {
+                                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                                (None, None) => true,
+                                _ => false,
+                            } =>
+                    {
+                        EndpointMemo {
+                            service: m.service.clone(),
+                            endpoints: m.endpoints.clone(),
+                            dr: m.dr.clone(),
+                            assignments: m.assignments.clone(),
+                        }
                     }
+                    _ => Self::assignments(mesh, svc, dr),
                 }
-                _ => Self::assignments(&mesh, svc),
             });
             if let Some(old) = &old {
                 for r in &old.assignments {
@@ -209,6 +231,94 @@ impl ConfigCache {
             self.eds = patched;
         }
     }
+}
+
+impl ConfigCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        let mesh = Arc::new(MeshSnapshot::default());
+        Self {
+            config: Arc::new(ConfigIndex::new(&mesh)),
+            mesh,
+            scopes: HashMap::new(),
+            static_clusters: HashMap::new(),
+            classes: HashMap::new(),
+            secrets: HashMap::new(),
+            empty: ResourceMap::empty(),
+        }
+    }
+
+    /// The mesh snapshot the cache was last updated to.
+    pub fn mesh(&self) -> &Arc<MeshSnapshot> {
+        &self.mesh
+    }
+
+    /// The resolved config of the current snapshot.
+    pub fn config(&self) -> &Arc<ConfigIndex> {
+        &self.config
+    }
+
+    /// Moves to a new mesh snapshot, rebuilding only what `changes` can have affected.
+    pub fn update(&mut self, mesh: Arc<MeshSnapshot>, changes: &ChangeSet) {
+        self.mesh = mesh.clone();
+        let config_changed = changes.full || !changes.config.is_empty();
+        if config_changed {
+            self.config = Arc::new(ConfigIndex::new(&mesh));
+        }
+        let structural = config_changed || !changes.services.is_empty();
+        if changes.full {
+            self.static_clusters.clear();
+        }
+        if structural || changes.workloads || changes.namespaces {
+            // Listeners and routes depend on services and config; inbound routing and source
+            // conditions on workloads.
+            self.classes.clear();
+        }
+        if changes.secrets || structural {
+            self.secrets.clear();
+        }
+        let config = self.config.clone();
+        for scope in self.scopes.values_mut() {
+            if structural {
+                scope.rebuild_clusters(&mesh, &config);
+            }
+            if config_changed {
+                scope.update_endpoints(&mesh, &config, None);
+            } else {
+                let keys: Vec<ServiceKey> = changes
+                    .endpoints
+                    .iter()
+                    .chain(changes.services.iter())
+                    .cloned()
+                    .collect();
+                if !keys.is_empty() {
+                    scope.update_endpoints(&mesh, &config, Some(&keys));
+                }
+            }
+        }
+    }
+
+    /// Forgets layers no proxy used since the last call.
+    pub fn collect_garbage(&mut self) {
+        self.scopes
+            .retain(|_, s| std::mem::replace(&mut s.used, false));
+        self.classes
+            .retain(|_, c| std::mem::replace(&mut c.used, false));
+    }
+
+    fn scope(&mut self, key: u64, proxy: &Proxy) -> &mut Scope {
+        let mesh = self.mesh.clone();
+        let config = self.config.clone();
+        let empty = self.empty.clone();
+        let s = self.scopes.entry(key).or_insert_with(|| {
+            let mut s = Scope::new(proxy.namespace.clone(), proxy.labels.clone(), &empty);
+            s.rebuild_clusters(&mesh, &config);
+            s.update_endpoints(&mesh, &config, None);
+            s
+        });
+        s.used = true;
+        s
+    }
 
     fn static_layer(&mut self, interception: InterceptionMode) -> Arc<ResourceMap> {
         let mesh = self.mesh.clone();
@@ -224,32 +334,83 @@ impl ConfigCache {
             .clone()
     }
 
-    fn class_layers(&mut self, class: &ProxyClass) -> (Arc<ResourceMap>, Arc<ResourceMap>) {
-        if let Some(c) = self.classes.get(class) {
-            return (c.listeners.clone(), c.routes.clone());
+    fn class_layers(
+        &mut self,
+        class: &ProxyClass,
+        proxy: &Proxy,
+    ) -> (Arc<ResourceMap>, Arc<ResourceMap>, BTreeSet<String>) {
+        if let Some(c) = self.classes.get_mut(class) {
+            c.used = true;
+            return (c.listeners.clone(), c.routes.clone(), c.secrets.clone());
         }
         let mesh = &self.mesh;
-        let listeners = ResourceMap::new(
-            listener::outbound_listeners(mesh, class)
-                .iter()
-                .map(|l| Resource::encode(l.name.as_str(), l)),
-        );
-        let routes = if class.kind == ProxyKind::Sidecar {
-            ResourceMap::new(listener::outbound_http_ports(mesh).into_iter().map(|p| {
-                let rc = route::outbound_route_config(mesh, p, class);
-                Resource::encode(rc.name.as_str(), &rc)
-            }))
-        } else {
-            self.empty.clone()
+        let config = &self.config;
+        let mesh_gw = strait_translate::mesh_gateways();
+        let ctx = route_context(mesh, config, proxy, &mesh_gw);
+        let (listeners, routes, secrets) = match class.kind {
+            ProxyKind::Sidecar => {
+                let listeners = ResourceMap::new(
+                    listener::outbound_listeners(&ctx, class)
+                        .iter()
+                        .map(|l| Resource::encode(l.name.as_str(), l)),
+                );
+                let routes =
+                    ResourceMap::new(listener::outbound_http_ports(mesh).into_iter().map(|p| {
+                        let rc = route::outbound_route_config(
+                            &strait_translate::http_route::RouteContext { port: p, ..ctx },
+                            class,
+                        );
+                        Resource::encode(rc.name.as_str(), &rc)
+                    }));
+                (listeners, routes, BTreeSet::new())
+            }
+            ProxyKind::Router => {
+                let gw = gateway::gateway_config(mesh, config, proxy);
+                (
+                    ResourceMap::new(
+                        gw.listeners
+                            .iter()
+                            .map(|l| Resource::encode(l.name.as_str(), l)),
+                    ),
+                    ResourceMap::new(
+                        gw.routes
+                            .iter()
+                            .map(|r| Resource::encode(r.name.as_str(), r)),
+                    ),
+                    gw.secrets,
+                )
+            }
         };
         self.classes.insert(
             class.clone(),
             ClassLayers {
                 listeners: listeners.clone(),
                 routes: routes.clone(),
+                secrets: secrets.clone(),
+                used: true,
             },
         );
-        (listeners, routes)
+        (listeners, routes, secrets)
+    }
+
+    fn secret_layer(&mut self, namespace: &Arc<str>, names: BTreeSet<String>) -> Arc<ResourceMap> {
+        if names.is_empty() {
+            return self.empty.clone();
+        }
+        let mesh = self.mesh.clone();
+        let key = (namespace.clone(), names);
+        self.secrets
+            .entry(key)
+            .or_insert_with_key(|(ns, names)| {
+                let namespaces = [&**ns];
+                ResourceMap::new(
+                    names
+                        .iter()
+                        .filter_map(|n| sds::secret(&mesh, n, &namespaces))
+                        .map(|s| Resource::encode(s.name.as_str(), &s)),
+                )
+            })
+            .clone()
     }
 
     /// Builds the proxy's own (inbound) layers.
@@ -277,23 +438,26 @@ impl ConfigCache {
         own: Option<OwnLayers>,
     ) -> (ProxySnapshot, OwnLayers) {
         let own = own.unwrap_or_else(|| self.own_layers(proxy));
-        let class = ProxyClass::of(proxy);
-        let (listeners, routes) = self.class_layers(&class);
+        let class = ProxyClass::of(proxy, &self.mesh, &self.config);
+        let (cds, eds, mut secret_names) = {
+            let s = self.scope(class.dr_scope, proxy);
+            (s.cds.clone(), s.eds.clone(), s.secrets.clone())
+        };
+        let (listeners, routes, gw_secrets) = self.class_layers(&class, proxy);
+        secret_names.extend(gw_secrets);
         let static_clusters = if proxy.node.kind == ProxyKind::Sidecar {
             self.static_layer(proxy.node.interception)
         } else {
             self.empty.clone()
         };
+        let secrets = self.secret_layer(&proxy.namespace, secret_names);
         let mut views: [TypeView; 5] = Default::default();
-        views[XdsType::Cluster.index()] = TypeView::new(vec![
-            self.cds.clone(),
-            static_clusters,
-            own.clusters.clone(),
-        ]);
-        views[XdsType::Endpoint.index()] = TypeView::new(vec![self.eds.clone()]);
+        views[XdsType::Cluster.index()] =
+            TypeView::new(vec![cds, static_clusters, own.clusters.clone()]);
+        views[XdsType::Endpoint.index()] = TypeView::new(vec![eds]);
         views[XdsType::Listener.index()] = TypeView::new(vec![listeners, own.listeners.clone()]);
         views[XdsType::Route.index()] = TypeView::new(vec![routes]);
-        views[XdsType::Secret.index()] = TypeView::new(vec![self.empty.clone()]);
+        views[XdsType::Secret.index()] = TypeView::new(vec![secrets]);
         (
             ProxySnapshot {
                 version: self.mesh.version,
@@ -322,47 +486,105 @@ mod tests {
     }
 
     fn names(v: &TypeView) -> Vec<String> {
-        v.iter().map(|r| r.name.to_string()).collect()
+        let mut n: Vec<String> = v.iter().map(|r| r.name.to_string()).collect();
+        n.sort();
+        n
     }
 
-    /// The cached path agrees with the reference translation.
+    fn assert_matches_generate(cache: &mut ConfigCache, mesh: &MeshSnapshot, p: &Proxy) {
+        let (snap, _) = cache.proxy_snapshot(p, None);
+        let reference = strait_translate::generate(mesh, p);
+        let check = |t: XdsType, want: Vec<(String, u64)>| {
+            let view = snap.view(t);
+            let mut want = want;
+            want.sort();
+            let mut got: Vec<(String, u64)> = view
+                .iter()
+                .map(|r| (r.name.to_string(), r.version))
+                .collect();
+            got.sort();
+            assert_eq!(got, want, "{t:?}");
+        };
+        check(
+            XdsType::Cluster,
+            reference
+                .clusters
+                .iter()
+                .map(|c| (c.name.clone(), Resource::encode(c.name.as_str(), c).version))
+                .collect(),
+        );
+        check(
+            XdsType::Endpoint,
+            reference
+                .endpoints
+                .iter()
+                .map(|c| {
+                    (
+                        c.cluster_name.clone(),
+                        Resource::encode(c.cluster_name.as_str(), c).version,
+                    )
+                })
+                .collect(),
+        );
+        check(
+            XdsType::Listener,
+            reference
+                .listeners
+                .iter()
+                .map(|c| (c.name.clone(), Resource::encode(c.name.as_str(), c).version))
+                .collect(),
+        );
+        check(
+            XdsType::Route,
+            reference
+                .routes
+                .iter()
+                .map(|c| (c.name.clone(), Resource::encode(c.name.as_str(), c).version))
+                .collect(),
+        );
+    }
+
+    fn dr(yaml: &str) -> strait_api::Object {
+        let v: serde_json::Value = serde_json::from_str(yaml).expect("json");
+        strait_api::parse_object(v, "default")
+            .expect("parses")
+            .object
+    }
+
+    /// The cached path agrees with the reference translation, before and after changes.
     #[test]
     fn cache_matches_generate() {
         let mut idx = MeshIndex::new(IndexOptions::default());
         idx.apply(mk_service("web", "shop", &[8080]));
         idx.apply(mk_service("db", "shop", &[5432]));
-        idx.apply(mk_pod("web-0", "shop", "10.0.0.1", &[("app", "web")], "n"));
+        idx.apply(mk_pod(
+            "web-0",
+            "shop",
+            "10.0.0.1",
+            &[("app", "web"), ("version", "v1")],
+            "n",
+        ));
         idx.apply(mk_slice("web-1", "shop", "web", &["10.0.0.1"], &[8080]));
         let (mesh, changes) = idx.snapshot();
         let mut cache = ConfigCache::new();
         cache.update(mesh.clone(), &changes);
+        assert_matches_generate(&mut cache, &mesh, &proxy(&mesh));
+
+        idx.apply(dr(r#"{"apiVersion":"networking.istio.io/v1","kind":"DestinationRule","metadata":{"name":"web","namespace":"shop"},
+            "spec":{"host":"web","trafficPolicy":{"loadBalancer":{"simple":"ROUND_ROBIN"}},"subsets":[{"name":"v1","labels":{"version":"v1"}}]}}"#));
+        let (mesh, changes) = idx.snapshot();
+        cache.update(mesh.clone(), &changes);
         let p = proxy(&mesh);
+        assert_matches_generate(&mut cache, &mesh, &p);
         let (snap, _) = cache.proxy_snapshot(&p, None);
-        let reference = strait_translate::generate(&mesh, &p);
-        let mut want: Vec<String> = reference.clusters.iter().map(|c| c.name.clone()).collect();
-        let mut got = names(snap.view(XdsType::Cluster));
-        want.sort();
-        got.sort();
-        assert_eq!(got, want);
-        for c in &reference.clusters {
-            let r = snap.view(XdsType::Cluster).get(&c.name).expect("present");
-            assert_eq!(
-                r.version,
-                Resource::encode(c.name.as_str(), c).version,
-                "{}",
-                c.name
-            );
-        }
-        let mut want: Vec<String> = reference.listeners.iter().map(|l| l.name.clone()).collect();
-        let mut got = names(snap.view(XdsType::Listener));
-        want.sort();
-        got.sort();
-        assert_eq!(got, want);
-        assert_eq!(
-            snap.view(XdsType::Endpoint).len(),
-            reference.endpoints.len()
+        assert!(
+            names(snap.view(XdsType::Cluster))
+                .contains(&"outbound|8080|v1|web.shop.svc.cluster.local".to_string())
         );
-        assert_eq!(snap.view(XdsType::Route).len(), reference.routes.len());
+        assert!(
+            names(snap.view(XdsType::Endpoint))
+                .contains(&"outbound|8080|v1|web.shop.svc.cluster.local".to_string())
+        );
     }
 
     #[test]
@@ -429,5 +651,34 @@ mod tests {
             d.removed,
             vec![Arc::from("outbound|5432||db.shop.svc.cluster.local")]
         );
+    }
+
+    #[test]
+    fn namespaces_without_their_own_rules_share_clusters() {
+        let mut idx = MeshIndex::new(IndexOptions::default());
+        idx.apply(mk_service("web", "shop", &[8080]));
+        let (mesh, changes) = idx.snapshot();
+        let mut cache = ConfigCache::new();
+        cache.update(mesh.clone(), &changes);
+        let mk = |ns: &str| {
+            let node = ProxyNode::parse(
+                &format!("sidecar~10.9.0.1~c.{ns}~{ns}.svc.cluster.local"),
+                &serde_json::Map::new(),
+                None,
+                None,
+            )
+            .expect("node");
+            Proxy::resolve(Arc::new(node), &mesh)
+        };
+        let (a, _) = cache.proxy_snapshot(&mk("one"), None);
+        let (b, _) = cache.proxy_snapshot(&mk("two"), None);
+        assert!(Arc::ptr_eq(
+            &a.view(XdsType::Cluster).layers[0],
+            &b.view(XdsType::Cluster).layers[0]
+        ));
+        assert!(Arc::ptr_eq(
+            &a.view(XdsType::Endpoint).layers[0],
+            &b.view(XdsType::Endpoint).layers[0]
+        ));
     }
 }

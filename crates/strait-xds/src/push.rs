@@ -120,6 +120,7 @@ impl PushController {
                 sent += 1;
             }
         }
+        state.cache.collect_garbage();
         self.inner.registry.set_mesh_version(mesh.version);
         self.inner.metrics.pushes.inc();
         let elapsed = started.elapsed();
