@@ -120,29 +120,38 @@ impl EffectiveDr {
     /// overrides the rule's, and a port's settings override both, field by field, as Istio
     /// does.
     pub fn policy(&self, port: u16, subset: Option<&str>) -> TrafficPolicy {
-        let mut p = self.spec.traffic_policy.clone().unwrap_or_default();
+        // Istio's order: the rule's policy with its port settings for this port, then the
+        // subset's policy over it, then the subset's own port settings.
+        let mut p = with_port_settings(self.spec.traffic_policy.clone().unwrap_or_default(), port);
         if let Some(sp) = subset
             .and_then(|s| self.subset(s))
             .and_then(|s| s.traffic_policy.as_ref())
         {
             p = merge_policy(&p, sp);
-        }
-        if let Some(pl) = p.port_policy(u32::from(port)).cloned() {
-            if pl.load_balancer.is_some() {
-                p.load_balancer = pl.load_balancer;
-            }
-            if pl.connection_pool.is_some() {
-                p.connection_pool = pl.connection_pool;
-            }
-            if pl.outlier_detection.is_some() {
-                p.outlier_detection = pl.outlier_detection;
-            }
-            if pl.tls.is_some() {
-                p.tls = pl.tls;
-            }
+            p = with_port_settings(p, port);
         }
         p
     }
+}
+
+/// Applies a policy's `portLevelSettings` entry for `port` over its top-level fields.
+fn with_port_settings(mut p: TrafficPolicy, port: u16) -> TrafficPolicy {
+    if let Some(pl) = p.port_policy(u32::from(port)).cloned() {
+        if pl.load_balancer.is_some() {
+            p.load_balancer = pl.load_balancer;
+        }
+        if pl.connection_pool.is_some() {
+            p.connection_pool = pl.connection_pool;
+        }
+        if pl.outlier_detection.is_some() {
+            p.outlier_detection = pl.outlier_detection;
+        }
+        if pl.tls.is_some() {
+            p.tls = pl.tls;
+        }
+    }
+    p.port_level_settings.clear();
+    p
 }
 
 /// `child` over `parent`: each top-level field the child sets replaces the parent's.
@@ -160,9 +169,8 @@ fn merge_policy(parent: &TrafficPolicy, child: &TrafficPolicy) -> TrafficPolicy 
     if child.tls.is_some() {
         out.tls = child.tls.clone();
     }
-    if !child.port_level_settings.is_empty() {
-        out.port_level_settings = child.port_level_settings.clone();
-    }
+    // Only the child's own port settings apply from here on.
+    out.port_level_settings = child.port_level_settings.clone();
     if child.tunnel.is_some() {
         out.tunnel = child.tunnel.clone();
     }
@@ -552,6 +560,37 @@ mod tests {
         assert!(host_matches("a.b", "a.b"));
         assert!(specificity("a.example.com") > specificity("*.example.com"));
         assert!(specificity("*.a.example.com") > specificity("*.example.com"));
+    }
+
+    #[test]
+    fn subset_policy_beats_top_level_port_settings() {
+        let spec: DestinationRuleSpec = serde_json::from_value(serde_json::json!({
+            "host": "r",
+            "trafficPolicy": {
+                "loadBalancer": {"simple": "RANDOM"},
+                "portLevelSettings": [{"port": {"number": 80}, "loadBalancer": {"simple": "LEAST_REQUEST"}}],
+            },
+            "subsets": [
+                {"name": "a", "labels": {"v": "a"}, "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}},
+                {"name": "b", "labels": {"v": "b"}, "trafficPolicy": {
+                    "portLevelSettings": [{"port": {"number": 80}, "loadBalancer": {"simple": "PASSTHROUGH"}}]}},
+                {"name": "c", "labels": {"v": "c"}},
+            ],
+        }))
+        .expect("spec");
+        let dr = EffectiveDr {
+            sources: vec![],
+            namespace: "ns".into(),
+            spec,
+        };
+        let lb = |port, subset| dr.policy(port, subset).load_balancer.and_then(|l| l.simple);
+        use strait_api::istio::SimpleLb::*;
+        assert_eq!(lb(80, None), Some(LeastRequest));
+        assert_eq!(lb(81, None), Some(Random));
+        assert_eq!(lb(80, Some("a")), Some(RoundRobin));
+        assert_eq!(lb(80, Some("b")), Some(Passthrough));
+        assert_eq!(lb(81, Some("b")), Some(Random));
+        assert_eq!(lb(80, Some("c")), Some(LeastRequest));
     }
 
     #[test]

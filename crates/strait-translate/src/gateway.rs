@@ -394,10 +394,10 @@ pub fn gateway_config(snap: &MeshSnapshot, config: &ConfigIndex, proxy: &Proxy) 
             match k {
                 ServerKind::Https => {
                     let Some(tls) = &s.server.tls else { continue };
-                    let server_name = if s.server.name.is_empty() {
-                        format!("{}", s.index)
-                    } else {
-                        s.server.name.clone()
+                    let server_name = match (&s.server.port.name, &s.server.name) {
+                        (p, _) if !p.is_empty() => p.clone(),
+                        (_, n) if !n.is_empty() => n.clone(),
+                        _ => s.index.to_string(),
                     };
                     let route_name = format!(
                         "https.{port}.{server_name}.{}.{}",

@@ -59,6 +59,18 @@ fn render(snap: &strait_model::MeshSnapshot, proxy: &Proxy) -> String {
         "endpoints": r.endpoints.iter().map(support::to_json).collect::<Vec<_>>(),
         "listeners": r.listeners.iter().map(support::to_json).collect::<Vec<_>>(),
         "routes": r.routes.iter().map(support::to_json).collect::<Vec<_>>(),
+        "secrets": r.secrets.iter().map(|s| {
+            // Key material stays out of the golden files: name and kind are what matters.
+            let mut v = support::to_json(s);
+            for k in ["tls_certificate", "validation_context"] {
+                if let Some(o) = v.get_mut(k).and_then(|x| x.as_object_mut()) {
+                    for (_, val) in o.iter_mut() {
+                        *val = json!("<redacted>");
+                    }
+                }
+            }
+            v
+        }).collect::<Vec<_>>(),
     });
     serde_yaml_ng::to_string(&doc).expect("yaml")
 }
