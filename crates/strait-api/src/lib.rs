@@ -8,6 +8,7 @@ pub mod duration;
 pub mod istio;
 pub mod mesh_config;
 pub mod object;
+pub mod policy;
 pub mod validate;
 
 pub use duration::Duration;

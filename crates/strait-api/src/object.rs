@@ -39,6 +39,8 @@ pub enum Kind {
     ServiceEntry,
     /// networking.istio.io Sidecar.
     Sidecar,
+    /// policy.strait.io LocalRateLimit.
+    LocalRateLimit,
 }
 
 /// The API group of the Istio networking kinds.
@@ -48,7 +50,7 @@ pub const ISTIO_NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 
 impl Kind {
     /// Every kind, in the order a consistent initial load applies them.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Namespace,
         Kind::Node,
         Kind::ConfigMap,
@@ -62,6 +64,7 @@ impl Kind {
         Kind::VirtualService,
         Kind::Gateway,
         Kind::Sidecar,
+        Kind::LocalRateLimit,
     ];
 
     /// Recognises a manifest's `apiVersion` and `kind`.
@@ -84,10 +87,12 @@ impl Kind {
             (ISTIO_NETWORKING_GROUP, "Gateway") => Kind::Gateway,
             (ISTIO_NETWORKING_GROUP, "ServiceEntry") => Kind::ServiceEntry,
             (ISTIO_NETWORKING_GROUP, "Sidecar") => Kind::Sidecar,
+            (crate::policy::POLICY_GROUP, "LocalRateLimit") => Kind::LocalRateLimit,
             _ => return None,
         };
         let version_ok = match k.group() {
             "" | "discovery.k8s.io" => version == "v1",
+            crate::policy::POLICY_GROUP => crate::policy::POLICY_VERSIONS.contains(&version),
             _ => ISTIO_NETWORKING_VERSIONS.contains(&version),
         };
         version_ok.then_some(k)
@@ -109,6 +114,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::ServiceEntry => "ServiceEntry",
             Kind::Sidecar => "Sidecar",
+            Kind::LocalRateLimit => "LocalRateLimit",
         }
     }
 
@@ -121,6 +127,7 @@ impl Kind {
             | Kind::Gateway
             | Kind::ServiceEntry
             | Kind::Sidecar => ISTIO_NETWORKING_GROUP,
+            Kind::LocalRateLimit => crate::policy::POLICY_GROUP,
             _ => "",
         }
     }
@@ -133,6 +140,12 @@ impl Kind {
     /// True for the Istio networking kinds.
     pub fn is_istio(self) -> bool {
         self.group() == ISTIO_NETWORKING_GROUP
+    }
+
+    /// True for routing config kinds (Istio's and strait's own): they share a wrapper type,
+    /// the `istio.io/rev` scoping rules, and push handling.
+    pub fn is_config(self) -> bool {
+        self.is_istio() || self.group() == crate::policy::POLICY_GROUP
     }
 }
 
@@ -204,6 +217,8 @@ pub enum Object {
     ServiceEntry(istio::ServiceEntry),
     /// networking.istio.io Sidecar.
     Sidecar(istio::Sidecar),
+    /// policy.strait.io LocalRateLimit.
+    LocalRateLimit(crate::policy::LocalRateLimit),
 }
 
 impl Object {
@@ -223,6 +238,7 @@ impl Object {
             Object::Gateway(_) => Kind::Gateway,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
             Object::Sidecar(_) => Kind::Sidecar,
+            Object::LocalRateLimit(_) => Kind::LocalRateLimit,
         }
     }
 
@@ -242,6 +258,7 @@ impl Object {
             Object::Gateway(o) => &o.metadata,
             Object::ServiceEntry(o) => &o.metadata,
             Object::Sidecar(o) => &o.metadata,
+            Object::LocalRateLimit(o) => &o.metadata,
         }
     }
 
@@ -260,6 +277,7 @@ impl Object {
             Object::Gateway(o) => &mut o.metadata,
             Object::ServiceEntry(o) => &mut o.metadata,
             Object::Sidecar(o) => &mut o.metadata,
+            Object::LocalRateLimit(o) => &mut o.metadata,
         }
     }
 
@@ -309,6 +327,7 @@ impl Object {
             Object::Gateway(o) => istio::Spec::validate(&o.spec, m, &mut issues),
             Object::ServiceEntry(o) => istio::Spec::validate(&o.spec, m, &mut issues),
             Object::Sidecar(o) => istio::Spec::validate(&o.spec, m, &mut issues),
+            Object::LocalRateLimit(o) => istio::Spec::validate(&o.spec, m, &mut issues),
             _ => {}
         }
         issues
@@ -454,6 +473,9 @@ pub fn parse_object(
             Object::ServiceEntry(typed(kind, &display_name, value, &mut warnings)?)
         }
         Kind::Sidecar => Object::Sidecar(typed(kind, &display_name, value, &mut warnings)?),
+        Kind::LocalRateLimit => {
+            Object::LocalRateLimit(typed(kind, &display_name, value, &mut warnings)?)
+        }
     };
     let meta = object.metadata_mut();
     if kind.is_namespaced() {

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use strait_api::istio::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService};
+use strait_api::policy::LocalRateLimit;
 
 /// Namespace and name of a config object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,6 +45,8 @@ pub struct ConfigStore {
     pub service_entries: Arc<BTreeMap<ConfigKey, Arc<ServiceEntry>>>,
     /// Sidecars.
     pub sidecars: Arc<BTreeMap<ConfigKey, Arc<Sidecar>>>,
+    /// LocalRateLimits (strait's own kind).
+    pub local_rate_limits: Arc<BTreeMap<ConfigKey, Arc<LocalRateLimit>>>,
 }
 
 impl ConfigStore {
@@ -54,6 +57,7 @@ impl ConfigStore {
             + self.gateways.len()
             + self.service_entries.len()
             + self.sidecars.len()
+            + self.local_rate_limits.len()
     }
 
     /// True when no config object exists.

@@ -143,6 +143,7 @@ struct ConfigSources {
     gateways: ConfigMerge<strait_api::istio::GatewaySpec>,
     service_entries: ConfigMerge<strait_api::istio::ServiceEntrySpec>,
     sidecars: ConfigMerge<strait_api::istio::SidecarSpec>,
+    local_rate_limits: ConfigMerge<strait_api::policy::LocalRateLimitSpec>,
 }
 
 /// The mesh as sources describe it, kept up to date by [`MeshIndex::apply`] and friends.
@@ -428,6 +429,20 @@ impl MeshIndex {
                     &mut self.pending,
                 );
             }
+            Object::LocalRateLimit(o) => {
+                let key = config_key(&o.metadata);
+                let eff =
+                    self.config_defs
+                        .local_rate_limits
+                        .set(key.clone(), cluster, normalized(o));
+                config_change(
+                    &mut self.config.local_rate_limits,
+                    key,
+                    eff,
+                    Kind::LocalRateLimit,
+                    &mut self.pending,
+                );
+            }
         }
     }
 
@@ -572,6 +587,20 @@ impl MeshIndex {
                     &mut self.pending,
                 );
             }
+            Kind::LocalRateLimit => {
+                let key = ConfigKey {
+                    namespace: nsn.0,
+                    name: nsn.1,
+                };
+                let eff = self.config_defs.local_rate_limits.remove(&key, cluster);
+                config_change(
+                    &mut self.config.local_rate_limits,
+                    key,
+                    eff,
+                    r.kind,
+                    &mut self.pending,
+                );
+            }
         }
     }
 
@@ -655,6 +684,12 @@ impl MeshIndex {
             Kind::Sidecar => self
                 .config_defs
                 .sidecars
+                .keys_of(cluster)
+                .map(cfg)
+                .collect(),
+            Kind::LocalRateLimit => self
+                .config_defs
+                .local_rate_limits
                 .keys_of(cluster)
                 .map(cfg)
                 .collect(),

@@ -212,6 +212,8 @@ pub struct ConfigIndex {
     drs: HashMap<Arc<str>, Vec<DrEntry>>,
     /// Gateways, by key.
     gateways: Vec<(ConfigKey, Arc<Gateway>)>,
+    /// LocalRateLimits by resolved host, oldest first.
+    rate_limits: HashMap<String, Vec<(ConfigKey, Arc<strait_api::policy::LocalRateLimit>)>>,
     root_namespace: String,
     vs_defaults: Vec<String>,
     dr_defaults: Vec<String>,
@@ -280,6 +282,17 @@ impl ConfigIndex {
                 .or_default()
                 .push(DrEntry { key, dr, host });
         }
+        let mut lrls: Vec<(ConfigKey, Arc<strait_api::policy::LocalRateLimit>)> = snap
+            .config
+            .local_rate_limits
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        lrls.sort_by_key(creation_order);
+        for (key, l) in lrls {
+            let host = resolve_host(&l.spec.host, &key.namespace, domain);
+            idx.rate_limits.entry(host).or_default().push((key, l));
+        }
         idx.gateways = snap
             .config
             .gateways
@@ -288,6 +301,16 @@ impl ConfigIndex {
             .collect();
         idx.find_mesh_conflicts();
         idx
+    }
+
+    /// The LocalRateLimit for requests to `host` on `port`: one for that port wins over one
+    /// for all ports; among equals the oldest.
+    pub fn rate_limit(&self, host: &str, port: u16) -> Option<&strait_api::policy::LocalRateLimit> {
+        let all = self.rate_limits.get(host)?;
+        all.iter()
+            .find(|(_, l)| l.spec.port == Some(u32::from(port)))
+            .or_else(|| all.iter().find(|(_, l)| l.spec.port.is_none()))
+            .map(|(_, l)| &**l)
     }
 
     /// Problems found while indexing (conflicting VirtualServices).

@@ -470,6 +470,20 @@ fn redirect(r: &HttpRedirect, ctx: &RouteContext<'_>) -> Option<RedirectAction> 
     Some(out)
 }
 
+/// Applies the LocalRateLimit of the route's destination (the first destination of a
+/// weighted route) to a route.
+pub fn apply_rate_limit(ctx: &RouteContext<'_>, r: &mut Route, host: &str, port: u16) {
+    let Some(l) = ctx.config.rate_limit(host, port) else {
+        return;
+    };
+    let (cfg, actions) = crate::ratelimit::route_config(&l.spec);
+    r.typed_per_filter_config
+        .insert(crate::ratelimit::FILTER.to_string(), cfg);
+    if let Some(route::Action::Route(a)) = r.action.as_mut() {
+        a.rate_limits = actions;
+    }
+}
+
 /// The Envoy routes of one VirtualService on this listener, in order. Rules whose conditions
 /// exclude this proxy or port produce nothing.
 pub fn vs_routes(ctx: &RouteContext<'_>, vs: &VsRef) -> Vec<Route> {
@@ -549,6 +563,13 @@ fn translate_rule(
         per_filter.insert(CORS_FILTER.to_string(), any(&cors(c)));
     }
     r.typed_per_filter_config = per_filter;
+    if let Some(first) = rule.route.first() {
+        let (cluster, host) = destination_cluster(ctx, vs.namespace(), &first.destination);
+        let port = crate::names::parse_outbound_cluster(&cluster)
+            .map(|(p, _, _)| p)
+            .unwrap_or(ctx.port);
+        apply_rate_limit(ctx, &mut r, &host, port);
+    }
     Some(r)
 }
 

@@ -17,6 +17,7 @@ pub mod http_route;
 pub mod listener;
 pub mod names;
 pub mod policy;
+pub mod ratelimit;
 pub mod route;
 pub mod sds;
 pub mod util;

@@ -64,6 +64,10 @@ fn http_filters(kind: HttpFilters) -> Vec<HttpFilter> {
             &envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors::default(),
         ));
         out.push(http_filter(
+            crate::ratelimit::FILTER,
+            &crate::ratelimit::hcm_filter_config(),
+        ));
+        out.push(http_filter(
             crate::http_route::FAULT_FILTER,
             &envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::default(),
         ));

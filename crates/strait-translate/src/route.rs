@@ -67,11 +67,9 @@ pub fn service_virtual_host(
     }
     if routes.is_empty() {
         let hash = default_hash_policy(ctx, svc, port.port);
-        routes.push(default_route(
-            cluster,
-            format!("{}:{}/*", svc.hostname, port.port),
-            hash,
-        ));
+        let mut r = default_route(cluster, format!("{}:{}/*", svc.hostname, port.port), hash);
+        http_route::apply_rate_limit(ctx, &mut r, &svc.hostname, port.port);
+        routes.push(r);
     }
     VirtualHost {
         name: format!("{}:{}", svc.hostname, port.port),
