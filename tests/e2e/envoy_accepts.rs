@@ -230,13 +230,16 @@ fn static_sds(ts: &mut envoy_types::pb::envoy::config::core::v3::TransportSocket
         for s in &mut c.tls_certificate_sds_secret_configs {
             s.sds_config = None;
         }
-        if let Some(common_tls_context::ValidationContextType::CombinedValidationContext(v)) = c.validation_context_type.as_mut()
+        if let Some(common_tls_context::ValidationContextType::CombinedValidationContext(v)) =
+            c.validation_context_type.as_mut()
             && let Some(s) = v.validation_context_sds_secret_config.as_mut()
         {
             s.sds_config = None;
         }
     }
-    let Some(ConfigType::TypedConfig(any)) = ts.config_type.as_mut() else { return };
+    let Some(ConfigType::TypedConfig(any)) = ts.config_type.as_mut() else {
+        return;
+    };
     if any.type_url.ends_with("UpstreamTlsContext") {
         let mut u = UpstreamTlsContext::decode(any.value.as_slice()).expect("upstream tls");
         if let Some(c) = u.common_tls_context.as_mut() {

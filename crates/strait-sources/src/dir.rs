@@ -287,6 +287,20 @@ impl DirSource {
         events
     }
 
+    /// The file that defines an object (the one in force when several do).
+    pub fn origin(&self, r: &ObjectRef) -> Option<&Path> {
+        self.files
+            .iter()
+            .rev()
+            .find(|(_, f)| f.objects.contains_key(r))
+            .map(|(p, _)| p.as_path())
+    }
+
+    /// The objects in force, as the index should hold them.
+    pub fn objects(&self) -> impl Iterator<Item = &Object> {
+        self.applied.values().map(|o| &**o)
+    }
+
     /// Number of problems (errors and warnings) in the files.
     pub fn problem_count(&self) -> usize {
         self.files.values().map(|f| f.problems.len()).sum()

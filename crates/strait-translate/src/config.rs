@@ -332,7 +332,7 @@ impl ConfigIndex {
                         object: r.key.clone(),
                         field: "spec.hosts".into(),
                         message: format!(
-                            "host {h} is also defined by VirtualService {} (older), which takes effect for sidecars that see both; merge them or restrict one with exportTo",
+                            "host {h} is also defined by VirtualService {}, which takes precedence for sidecars that see both (as in Istio, the oldest wins; objects without a creation time go by namespace/name); merge them or restrict one with exportTo",
                             first.key
                         ),
                     }),

@@ -8,6 +8,7 @@
 //! and only the per-proxy parts (inbound listeners) per proxy. [`generate`] assembles
 //! everything for one proxy and is the reference the cached path must agree with.
 
+pub mod analysis;
 pub mod bootstrap;
 pub mod cluster;
 pub mod config;

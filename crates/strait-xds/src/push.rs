@@ -52,6 +52,7 @@ struct State {
 
 struct Inner {
     state: Mutex<State>,
+    problems: Mutex<Vec<strait_translate::config::ConfigProblem>>,
     ready: AtomicBool,
     metrics: Arc<XdsMetrics>,
     registry: Arc<SyncRegistry>,
@@ -78,6 +79,7 @@ impl PushController {
                     proxies: HashMap::new(),
                     next_id: 1,
                 }),
+                problems: Mutex::new(Vec::new()),
                 ready: AtomicBool::new(false),
                 metrics,
                 registry,
@@ -121,6 +123,13 @@ impl PushController {
             }
         }
         state.cache.collect_garbage();
+        if changes.full
+            || !changes.config.is_empty()
+            || !changes.services.is_empty()
+            || changes.secrets
+        {
+            self.analyze(&mesh, state.cache.config());
+        }
         self.inner.registry.set_mesh_version(mesh.version);
         self.inner.metrics.pushes.inc();
         let elapsed = started.elapsed();
@@ -139,6 +148,29 @@ impl PushController {
             "pushed"
         );
         self.inner.ready.store(true, Ordering::Release);
+    }
+
+    /// Cross-object config problems of the mesh being served (see
+    /// [`strait_translate::analysis`]).
+    pub fn problems(&self) -> Vec<strait_translate::config::ConfigProblem> {
+        self.inner
+            .problems
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn analyze(&self, mesh: &MeshSnapshot, config: &strait_translate::ConfigIndex) {
+        let found = strait_translate::analysis::analyze(mesh, config);
+        let mut known = self
+            .inner
+            .problems
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for p in found.iter().filter(|p| !known.contains(p)) {
+            warn!(kind = %p.kind, object = %p.object, field = %p.field, problem = %p.message, "config problem");
+        }
+        *known = found;
     }
 
     /// Runs the model side: applies `events` to `index`, and pushes debounced snapshots. Returns
