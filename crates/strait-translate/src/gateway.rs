@@ -555,6 +555,7 @@ pub fn gateway_config(snap: &MeshSnapshot, config: &ConfigIndex, proxy: &Proxy) 
             out.listeners.push(l);
         }
     }
+    crate::accesslog::apply(&mut out.listeners, &snap.mesh);
     out
 }
 

@@ -8,6 +8,7 @@
 //! and only the per-proxy parts (inbound listeners) per proxy. [`generate`] assembles
 //! everything for one proxy and is the reference the cached path must agree with.
 
+pub mod accesslog;
 pub mod analysis;
 pub mod bootstrap;
 pub mod cluster;
@@ -178,7 +179,7 @@ pub fn generate(snap: &MeshSnapshot, proxy: &Proxy) -> ProxyResources {
     endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
 
     let mut listeners = listener::outbound_listeners(&ctx, &class);
-    listeners.extend(listener::inbound_listeners(proxy, &inbound_ports));
+    listeners.extend(listener::inbound_listeners(snap, proxy, &inbound_ports));
     let mut routes: Vec<RouteConfiguration> = if proxy.node.kind == ProxyKind::Sidecar {
         listener::outbound_http_ports(snap)
             .into_iter()

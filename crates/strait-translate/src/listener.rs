@@ -409,6 +409,7 @@ pub fn outbound_listeners(ctx: &RouteContext<'_>, class: &ProxyClass) -> Vec<Lis
             }
         }
     }
+    crate::accesslog::apply(&mut out, &snap.mesh);
     out
 }
 
@@ -474,7 +475,17 @@ fn inbound_filter(p: &InboundPort, stat_addr: &str) -> Filter {
 /// The inbound listeners of a sidecar. With capture: `virtualInbound` on 15006, one filter
 /// chain per served port (matched on the original destination port) and a passthrough chain
 /// for the rest. Without capture: one listener per served port, bound on the proxy's IP.
-pub fn inbound_listeners(proxy: &Proxy, ports: &[InboundPort]) -> Vec<Listener> {
+pub fn inbound_listeners(
+    snap: &MeshSnapshot,
+    proxy: &Proxy,
+    ports: &[InboundPort],
+) -> Vec<Listener> {
+    let mut out = inbound_listeners_inner(proxy, ports);
+    crate::accesslog::apply(&mut out, &snap.mesh);
+    out
+}
+
+fn inbound_listeners_inner(proxy: &Proxy, ports: &[InboundPort]) -> Vec<Listener> {
     if proxy.node.kind != ProxyKind::Sidecar {
         return Vec::new();
     }

@@ -423,7 +423,7 @@ impl ConfigCache {
                     .map(|c| Resource::encode(c.name.as_str(), c)),
             ),
             listeners: ResourceMap::new(
-                listener::inbound_listeners(proxy, &ports)
+                listener::inbound_listeners(&self.mesh, proxy, &ports)
                     .iter()
                     .map(|l| Resource::encode(l.name.as_str(), l)),
             ),
