@@ -116,6 +116,43 @@ pub fn access_logs(mesh: &MeshConfig) -> Vec<AccessLog> {
     }]
 }
 
+/// Adds the mesh's access logs to every HTTP connection manager and TCP proxy of `listeners`.
+pub fn apply(
+    listeners: &mut [envoy_types::pb::envoy::config::listener::v3::Listener],
+    mesh: &MeshConfig,
+) {
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+    use prost::Message;
+    let logs = access_logs(mesh);
+    if logs.is_empty() {
+        return;
+    }
+    for l in listeners {
+        let chains = l
+            .filter_chains
+            .iter_mut()
+            .chain(l.default_filter_chain.iter_mut());
+        for f in chains.flat_map(|fc| fc.filters.iter_mut()) {
+            let Some(ConfigType::TypedConfig(any)) = f.config_type.as_mut() else {
+                continue;
+            };
+            if any.type_url.ends_with(".HttpConnectionManager") {
+                if let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) {
+                    hcm.access_log = logs.clone();
+                    any.value = hcm.encode_to_vec();
+                }
+            } else if any.type_url.ends_with(".TcpProxy")
+                && let Ok(mut tcp) = TcpProxy::decode(any.value.as_slice())
+            {
+                tcp.access_log = logs.clone();
+                any.value = tcp.encode_to_vec();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,42 +198,5 @@ mod tests {
         };
         assert!(matches!(sfs.format, Some(Format::TextFormatSource(_))));
         assert!(access_logs(&MeshConfig::default()).is_empty());
-    }
-}
-
-/// Adds the mesh's access logs to every HTTP connection manager and TCP proxy of `listeners`.
-pub fn apply(
-    listeners: &mut [envoy_types::pb::envoy::config::listener::v3::Listener],
-    mesh: &MeshConfig,
-) {
-    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
-    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
-    use prost::Message;
-    let logs = access_logs(mesh);
-    if logs.is_empty() {
-        return;
-    }
-    for l in listeners {
-        let chains = l
-            .filter_chains
-            .iter_mut()
-            .chain(l.default_filter_chain.iter_mut());
-        for f in chains.flat_map(|fc| fc.filters.iter_mut()) {
-            let Some(ConfigType::TypedConfig(any)) = f.config_type.as_mut() else {
-                continue;
-            };
-            if any.type_url.ends_with(".HttpConnectionManager") {
-                if let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) {
-                    hcm.access_log = logs.clone();
-                    any.value = hcm.encode_to_vec();
-                }
-            } else if any.type_url.ends_with(".TcpProxy")
-                && let Ok(mut tcp) = TcpProxy::decode(any.value.as_slice())
-            {
-                tcp.access_log = logs.clone();
-                any.value = tcp.encode_to_vec();
-            }
-        }
     }
 }
