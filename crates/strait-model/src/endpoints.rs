@@ -45,6 +45,8 @@ pub struct Endpoint {
     pub pod: Option<Arc<str>>,
     /// The cluster it runs in.
     pub cluster: crate::event::ClusterId,
+    /// Relative load-balancing weight (1 unless a ServiceEntry says otherwise).
+    pub weight: u32,
 }
 
 /// Endpoints that share a port list (one EndpointSlice, or one Endpoints subset).
@@ -285,6 +287,7 @@ impl Joiner<'_> {
             locality,
             pod: pod.map(|p| p.name.clone()),
             cluster: c.clone(),
+            weight: 1,
         }
     }
 }

@@ -178,6 +178,9 @@ pub struct MeshIndex {
     services_by_ip: HashMap<(ClusterId, IpAddr), BTreeSet<ServiceKey>>,
     ips_by_service: HashMap<ServiceKey, BTreeSet<(ClusterId, IpAddr)>>,
     dirty_endpoints: BTreeSet<ServiceKey>,
+    /// Services and endpoints derived from ServiceEntries, as last published.
+    entry_services: BTreeMap<ServiceKey, (Arc<Service>, Option<Arc<EndpointSet>>)>,
+    entries_dirty: bool,
     pending: ChangeSet,
     empty_labels: Arc<Labels>,
     empty_locality: Arc<Locality>,
@@ -212,6 +215,8 @@ impl MeshIndex {
             services_by_ip: HashMap::new(),
             ips_by_service: HashMap::new(),
             dirty_endpoints: BTreeSet::new(),
+            entry_services: BTreeMap::new(),
+            entries_dirty: false,
             pending: ChangeSet::full(),
             empty_labels: Arc::default(),
             empty_locality: Arc::default(),
@@ -699,6 +704,18 @@ impl MeshIndex {
     /// Publishes the current state as a snapshot, with what changed since the last one.
     pub fn snapshot(&mut self) -> (Arc<MeshSnapshot>, ChangeSet) {
         self.rebuild_dirty_endpoints();
+        if self.entries_dirty
+            || self.pending.config.contains(&Kind::ServiceEntry)
+            || (self.pending.workloads
+                && self
+                    .config
+                    .service_entries
+                    .values()
+                    .any(|s| s.spec.workload_selector.is_some()))
+            || !self.pending.services.is_empty()
+        {
+            self.rebuild_entries();
+        }
         self.version += 1;
         let snap = MeshSnapshot {
             version: self.version,
@@ -714,6 +731,187 @@ impl MeshIndex {
             config: self.config.clone(),
         };
         (Arc::new(snap), std::mem::take(&mut self.pending))
+    }
+
+    /// Re-derives the services (and endpoints) of ServiceEntry hosts. A Kubernetes Service of
+    /// the same name wins; between entries, the first in creation order.
+    fn rebuild_entries(&mut self) {
+        self.entries_dirty = false;
+        let mut entries: Vec<(
+            &crate::config::ConfigKey,
+            &Arc<strait_api::istio::ServiceEntry>,
+        )> = self.config.service_entries.iter().collect();
+        entries.sort_by_key(|(k, se)| {
+            let ts = se
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| serde_json::to_value(t).ok())
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "~".into());
+            (ts, (*k).clone())
+        });
+        let mut next: BTreeMap<ServiceKey, (Arc<Service>, Option<Arc<EndpointSet>>)> =
+            BTreeMap::new();
+        let mut claimed: BTreeSet<Arc<str>> = BTreeSet::new();
+        for (key, se) in entries {
+            for host in &se.spec.hosts {
+                let svc = Service::from_service_entry(key, &se.spec, host);
+                if let Some(owner) = self.hosts.get(&svc.hostname)
+                    && !self.entry_services.contains_key(owner)
+                {
+                    debug!(host = %svc.hostname, entry = %key, "host is a Kubernetes Service; the ServiceEntry does not replace it");
+                    continue;
+                }
+                if !claimed.insert(svc.hostname.clone()) {
+                    warn!(host = %svc.hostname, entry = %key, "host already defined by an older ServiceEntry; ignored");
+                    continue;
+                }
+                let eps = self.entry_endpoints(key, &se.spec, &svc);
+                let k = svc.key.clone();
+                let (svc, eps) = match self.entry_services.get(&k) {
+                    Some((old, old_eps)) => (
+                        if **old == svc {
+                            old.clone()
+                        } else {
+                            Arc::new(svc)
+                        },
+                        match (old_eps, eps) {
+                            (Some(o), Some(n)) if **o == n => Some(o.clone()),
+                            (_, n) => n.map(Arc::new),
+                        },
+                    ),
+                    None => (Arc::new(svc), eps.map(Arc::new)),
+                };
+                next.insert(k, (svc, eps));
+            }
+        }
+        let old = std::mem::take(&mut self.entry_services);
+        for (k, (svc, _)) in &old {
+            if !next.contains_key(k) {
+                Arc::make_mut(&mut self.hosts).remove(&svc.hostname);
+                Arc::make_mut(&mut self.services).remove(k);
+                Arc::make_mut(&mut self.endpoints).remove(k);
+                self.pending.services.insert(k.clone());
+            }
+        }
+        for (k, (svc, eps)) in &next {
+            let before = old.get(k);
+            if before.is_none_or(|(s, _)| !Arc::ptr_eq(s, svc)) {
+                Arc::make_mut(&mut self.hosts).insert(svc.hostname.clone(), k.clone());
+                Arc::make_mut(&mut self.services).insert(k.clone(), svc.clone());
+                self.pending.services.insert(k.clone());
+            }
+            let same_eps = match (before.and_then(|(_, e)| e.as_ref()), eps) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same_eps {
+                match eps {
+                    Some(e) => Arc::make_mut(&mut self.endpoints).insert(k.clone(), e.clone()),
+                    None => Arc::make_mut(&mut self.endpoints).remove(k),
+                };
+                self.pending.endpoints.insert(k.clone());
+            }
+        }
+        self.entry_services = next;
+    }
+
+    /// The endpoints of a ServiceEntry host with static resolution: its listed endpoints, or
+    /// the pods its workload selector picks in its namespace.
+    fn entry_endpoints(
+        &self,
+        key: &crate::config::ConfigKey,
+        se: &strait_api::istio::ServiceEntrySpec,
+        svc: &Service,
+    ) -> Option<EndpointSet> {
+        use crate::endpoints::{Endpoint, EndpointGroup, EndpointPort, Health};
+        if svc.entry().map(|e| e.resolution) != Some(crate::service::Resolution::Static) {
+            return None;
+        }
+        let mut groups = Vec::new();
+        if let Some(sel) = se
+            .workload_selector
+            .as_ref()
+            .filter(|w| !w.labels.is_empty())
+        {
+            let ports: Arc<[EndpointPort]> = se
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    Some(EndpointPort {
+                        name: (!p.name.is_empty()).then(|| Arc::from(p.name.as_str())),
+                        port: u16::try_from(p.endpoint_port()).ok()?,
+                    })
+                })
+                .collect();
+            let mut endpoints = Vec::new();
+            let mut pods: Vec<(&CKey, &Arc<Workload>)> = self
+                .pods
+                .iter()
+                .filter(|(k, w)| {
+                    *k.1 == *key.namespace
+                        && crate::workload::selector_matches(&sel.labels, &w.labels)
+                })
+                .collect();
+            pods.sort_by(|a, b| a.0.cmp(b.0));
+            for ((cluster, _, _), w) in pods {
+                let Some(ip) = w.ips.first() else { continue };
+                let locality = w
+                    .locality_override
+                    .clone()
+                    .or_else(|| {
+                        let n = self.nodes.get(&(cluster.clone(), w.node_name.clone()?))?;
+                        (!n.locality.is_empty()).then(|| n.locality.clone())
+                    })
+                    .unwrap_or_else(|| self.empty_locality.clone());
+                endpoints.push(Endpoint {
+                    address: *ip,
+                    health: Health::Healthy,
+                    labels: w.labels.clone(),
+                    locality,
+                    pod: Some(w.name.clone()),
+                    cluster: cluster.clone(),
+                    weight: 1,
+                });
+            }
+            groups.push(EndpointGroup { ports, endpoints });
+        } else {
+            for we in &se.endpoints {
+                let Ok(address) = we.address.parse::<IpAddr>() else {
+                    continue;
+                };
+                let ports: Arc<[EndpointPort]> = se
+                    .ports
+                    .iter()
+                    .filter_map(|p| {
+                        Some(EndpointPort {
+                            name: (!p.name.is_empty()).then(|| Arc::from(p.name.as_str())),
+                            port: u16::try_from(we.port_for(p)).ok()?,
+                        })
+                    })
+                    .collect();
+                let locality = if we.locality.is_empty() {
+                    self.empty_locality.clone()
+                } else {
+                    Arc::new(Locality::parse(&we.locality))
+                };
+                groups.push(EndpointGroup {
+                    ports,
+                    endpoints: vec![Endpoint {
+                        address,
+                        health: Health::Healthy,
+                        labels: Arc::new(we.labels.clone()),
+                        locality,
+                        pod: None,
+                        cluster: ClusterId::default(),
+                        weight: we.weight.max(1),
+                    }],
+                });
+            }
+        }
+        Some(EndpointSet { groups })
     }
 
     /// The raw groups of a service, cluster by cluster: a cluster's EndpointSlices, or its

@@ -25,7 +25,10 @@ pub use event::{ChangeSet, ClusterEvent, ClusterId, Event};
 pub use index::{IndexOptions, MeshIndex, parse_mesh_config};
 pub use proxy::{EnvoyVersion, InterceptionMode, Proxy, ProxyKind, ProxyNode, ProxyNodeError};
 pub use secret::Secret;
-pub use service::{Protocol, Service, ServiceKey, ServiceKind, ServicePort, TargetPort};
+pub use service::{
+    DnsEndpoint, EntryInfo, Protocol, Resolution, Service, ServiceKey, ServiceKind, ServicePort,
+    TargetPort,
+};
 pub use snapshot::{MeshSnapshot, NodeKey, NsName};
 pub use workload::{Labels, Locality, Namespace, Node, Workload, selector_matches};
 

@@ -175,6 +175,49 @@ pub enum ServiceKind {
     Headless,
     /// A DNS alias for another name.
     ExternalName(Arc<str>),
+    /// A host declared by a ServiceEntry.
+    Entry(Arc<EntryInfo>),
+}
+
+/// How a ServiceEntry host's endpoints are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resolution {
+    /// Connect to wherever the client was going (original destination).
+    Passthrough,
+    /// Endpoints listed in the entry (or selected workloads), by IP.
+    Static,
+    /// Endpoints are names resolved by DNS, every address used.
+    Dns,
+    /// One resolved address at a time.
+    DnsRoundRobin,
+}
+
+/// An endpoint given by name, resolved by DNS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DnsEndpoint {
+    /// Host name (or IP) to resolve.
+    pub address: String,
+    /// Port overrides by port name.
+    pub ports: std::collections::BTreeMap<String, u32>,
+    /// Relative weight.
+    pub weight: u32,
+    /// Locality.
+    pub locality: crate::workload::Locality,
+}
+
+/// What a ServiceEntry says about one of its hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EntryInfo {
+    /// The ServiceEntry (namespace, name).
+    pub source: crate::config::ConfigKey,
+    /// How endpoints are found.
+    pub resolution: Resolution,
+    /// Inside the mesh (MESH_INTERNAL) or not.
+    pub mesh_internal: bool,
+    /// Virtual addresses the host is reached at (IPs; CIDRs keep their address).
+    pub addresses: Vec<IpAddr>,
+    /// With DNS resolution: what to resolve (the host itself when empty).
+    pub dns_endpoints: Vec<DnsEndpoint>,
 }
 
 /// A Service, as translation needs it.
@@ -266,6 +309,95 @@ impl Service {
         }
     }
 
+    /// The hosts of a ServiceEntry, as services of its namespace.
+    pub fn from_service_entry(
+        key: &crate::config::ConfigKey,
+        se: &strait_api::istio::ServiceEntrySpec,
+        host: &str,
+    ) -> Service {
+        use strait_api::istio::Resolution as R;
+        let resolution = match se.resolution {
+            R::None => Resolution::Passthrough,
+            R::Static => Resolution::Static,
+            R::Dns | R::DynamicDns => Resolution::Dns,
+            R::DnsRoundRobin => Resolution::DnsRoundRobin,
+        };
+        let addresses: Vec<IpAddr> = se
+            .addresses
+            .iter()
+            .filter_map(|a| a.split('/').next().and_then(|ip| ip.parse().ok()))
+            .collect();
+        let ports = se
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let port = u16::try_from(p.number).ok().filter(|p| *p > 0)?;
+                let target = u16::try_from(p.endpoint_port())
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .unwrap_or(port);
+                Some(ServicePort {
+                    name: (!p.name.is_empty()).then(|| Arc::from(p.name.as_str())),
+                    port,
+                    target_port: TargetPort::Number(target),
+                    protocol: Protocol::parse(&p.protocol).unwrap_or(Protocol::Tcp),
+                })
+            })
+            .collect();
+        let dns_endpoints = if matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
+            se.endpoints
+                .iter()
+                .filter(|e| !e.is_unix())
+                .map(|e| DnsEndpoint {
+                    address: e.address.clone(),
+                    ports: e.ports.clone(),
+                    weight: e.weight,
+                    locality: crate::workload::Locality::parse(&e.locality),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let host = host.to_ascii_lowercase();
+        Service {
+            key: ServiceKey::new(&key.namespace, &host),
+            hostname: host.as_str().into(),
+            kind: ServiceKind::Entry(Arc::new(EntryInfo {
+                source: key.clone(),
+                resolution,
+                mesh_internal: se.is_mesh_internal(),
+                addresses: addresses.clone(),
+                dns_endpoints,
+            })),
+            cluster_ip: addresses.first().copied(),
+            ports,
+            selector: se
+                .workload_selector
+                .as_ref()
+                .map(|w| w.labels.clone())
+                .filter(|l| !l.is_empty()),
+            labels: Labels::new(),
+            export_to: se.export_to.iter().map(|e| Arc::from(e.as_str())).collect(),
+        }
+    }
+
+    /// The ServiceEntry behind this service, if it is one.
+    pub fn entry(&self) -> Option<&EntryInfo> {
+        match &self.kind {
+            ServiceKind::Entry(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True when its endpoints come over EDS (pods, or a ServiceEntry's static endpoints).
+    pub fn uses_eds(&self) -> bool {
+        match &self.kind {
+            ServiceKind::ClusterIp | ServiceKind::Headless => true,
+            ServiceKind::ExternalName(_) => false,
+            ServiceKind::Entry(e) => e.resolution == Resolution::Static,
+        }
+    }
+
     /// The port with this number.
     pub fn port(&self, number: u16) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == number)
@@ -275,6 +407,18 @@ impl Service {
     /// virtual host domains: short name (same namespace only), `name.ns`, `name.ns.svc`, the
     /// FQDN and the cluster IP, each with and without `:port`.
     pub fn domains(&self, port: u16, from_namespace: &str) -> Vec<String> {
+        if let ServiceKind::Entry(e) = &self.kind {
+            // A ServiceEntry host is reached by its own name (and its addresses).
+            let mut out = vec![
+                format!("{}:{port}", self.hostname),
+                self.hostname.to_string(),
+            ];
+            for a in &e.addresses {
+                out.push(format!("{a}:{port}"));
+                out.push(a.to_string());
+            }
+            return out;
+        }
         let name = &*self.key.name;
         let ns = &*self.key.namespace;
         let mut names = Vec::with_capacity(5);

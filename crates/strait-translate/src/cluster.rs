@@ -16,7 +16,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 use strait_model::{
-    InterceptionMode, MeshSnapshot, Protocol, Proxy, Service, ServiceKind, ServicePort, TargetPort,
+    EntryInfo, InterceptionMode, MeshSnapshot, Protocol, Proxy, Resolution, Service, ServiceKind,
+    ServicePort, TargetPort,
 };
 
 use crate::config::EffectiveDr;
@@ -121,6 +122,29 @@ fn build_cluster(
                 service_name: name,
             });
         }
+        ServiceKind::Entry(e) => match e.resolution {
+            Resolution::Static => {
+                c.cluster_discovery_type = discovery_type(cluster::DiscoveryType::Eds);
+                c.eds_cluster_config = Some(cluster::EdsClusterConfig {
+                    eds_config: Some(ads_config_source()),
+                    service_name: name,
+                });
+            }
+            Resolution::Passthrough => {
+                c.cluster_discovery_type = discovery_type(cluster::DiscoveryType::OriginalDst);
+                c.lb_policy = cluster::LbPolicy::ClusterProvided as i32;
+            }
+            Resolution::Dns | Resolution::DnsRoundRobin => {
+                let t = if e.resolution == Resolution::Dns {
+                    cluster::DiscoveryType::StrictDns
+                } else {
+                    cluster::DiscoveryType::LogicalDns
+                };
+                c.cluster_discovery_type = discovery_type(t);
+                c.dns_lookup_family = cluster::DnsLookupFamily::V4Only as i32;
+                c.load_assignment = Some(dns_assignment(name, svc, e, p));
+            }
+        },
     }
     let mut http = policy::HttpOptions::for_protocol(p.protocol);
     if let Some(dr) = dr {
@@ -137,6 +161,69 @@ fn build_cluster(
     }
     c.typed_extension_protocol_options = http.encode();
     c
+}
+
+/// The endpoints Envoy resolves by DNS for a ServiceEntry host: its listed endpoints, or the
+/// host itself.
+fn dns_assignment(
+    name: String,
+    svc: &Service,
+    e: &EntryInfo,
+    p: &ServicePort,
+) -> ClusterLoadAssignment {
+    let target = match p.target_port {
+        TargetPort::Number(n) => n,
+        TargetPort::Name(_) => p.port,
+    };
+    let mut by_locality: std::collections::BTreeMap<&strait_model::Locality, Vec<LbEndpoint>> =
+        Default::default();
+    let empty = strait_model::Locality::default();
+    if e.dns_endpoints.is_empty() {
+        by_locality
+            .entry(&empty)
+            .or_default()
+            .push(lb(socket_address(&svc.hostname, target)));
+    }
+    for d in &e.dns_endpoints {
+        let port = p
+            .name
+            .as_deref()
+            .and_then(|n| d.ports.get(n))
+            .and_then(|v| u16::try_from(*v).ok())
+            .unwrap_or(target);
+        let mut ep = lb(socket_address(&d.address, port));
+        if d.weight > 0 {
+            ep.load_balancing_weight = crate::util::u32_value(d.weight);
+        }
+        by_locality.entry(&d.locality).or_default().push(ep);
+    }
+    // A logical DNS cluster takes exactly one endpoint.
+    let single = matches!(e.resolution, Resolution::DnsRoundRobin);
+    let mut endpoints: Vec<LocalityLbEndpoints> = by_locality
+        .into_iter()
+        .map(|(loc, lb_endpoints)| LocalityLbEndpoints {
+            locality: (!loc.is_empty()).then(|| {
+                envoy_types::pb::envoy::config::core::v3::Locality {
+                    region: loc.region.clone(),
+                    zone: loc.zone.clone(),
+                    sub_zone: loc.subzone.clone(),
+                }
+            }),
+            lb_endpoints,
+            ..Default::default()
+        })
+        .collect();
+    if single {
+        endpoints.truncate(1);
+        if let Some(first) = endpoints.first_mut() {
+            first.lb_endpoints.truncate(1);
+        }
+    }
+    ClusterLoadAssignment {
+        cluster_name: name,
+        endpoints,
+        ..Default::default()
+    }
 }
 
 fn lb(address: envoy_types::pb::envoy::config::core::v3::Address) -> LbEndpoint {

@@ -31,7 +31,7 @@ pub fn subset_load_assignment(
     labels: &Labels,
 ) -> ClusterLoadAssignment {
     let cluster_name = names::outbound_cluster(port.port, subset, &svc.hostname);
-    let mut by_locality: BTreeMap<&strait_model::Locality, Vec<(std::net::IpAddr, u16)>> =
+    let mut by_locality: BTreeMap<&strait_model::Locality, Vec<(std::net::IpAddr, u16, u32)>> =
         BTreeMap::new();
     if let Some(set) = endpoints {
         for (e, target) in set.for_port(port.name.as_deref()) {
@@ -39,7 +39,7 @@ pub fn subset_load_assignment(
                 by_locality
                     .entry(&e.locality)
                     .or_default()
-                    .push((e.address, target));
+                    .push((e.address, target, e.weight));
             }
         }
     }
@@ -56,13 +56,13 @@ pub fn subset_load_assignment(
                 }),
                 lb_endpoints: addrs
                     .into_iter()
-                    .map(|(ip, p)| LbEndpoint {
+                    .map(|(ip, p, weight)| LbEndpoint {
                         host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
                             address: Some(ip_address(ip, p)),
                             ..Default::default()
                         })),
                         health_status: HealthStatus::Healthy as i32,
-                        load_balancing_weight: u32_value(1),
+                        load_balancing_weight: u32_value(weight.max(1)),
                         ..Default::default()
                     })
                     .collect(),
@@ -84,7 +84,7 @@ pub fn service_load_assignments(
     endpoints: Option<&EndpointSet>,
     dr: Option<&crate::config::EffectiveDr>,
 ) -> Vec<ClusterLoadAssignment> {
-    if matches!(svc.kind, strait_model::ServiceKind::ExternalName(_)) {
+    if !svc.uses_eds() {
         return Vec::new();
     }
     let mut out = Vec::new();

@@ -362,6 +362,51 @@ pub fn outbound_listeners(ctx: &RouteContext<'_>, class: &ProxyClass) -> Vec<Lis
                     }];
                     out.push(l);
                 }
+                // An entry host without an address is reached on the port alone (as Istio does),
+                // unless HTTP services already take the port.
+                let unaddressed: Vec<&(&Arc<Service>, &ServicePort)> = u
+                    .tcp
+                    .iter()
+                    .filter(|(s, _)| s.entry().is_some() && s.cluster_ip.is_none())
+                    .collect();
+                if !u.http && !unaddressed.is_empty() {
+                    let mut l = listener(
+                        format!("0.0.0.0_{port}"),
+                        socket_address("0.0.0.0", *port),
+                        TrafficDirection::Outbound,
+                    );
+                    l.bind_to_port = bool_value(false);
+                    let (svc, sp) = unaddressed[0];
+                    if matches!(sp.protocol, Protocol::Tls | Protocol::Https) {
+                        // Several TLS hosts share the port: route by SNI, each to its host.
+                        l.listener_filters = vec![tls_inspector()];
+                        for (s, p) in &unaddressed {
+                            let cluster = names::outbound_cluster(p.port, "", &s.hostname);
+                            l.filter_chains.push(FilterChain {
+                                name: cluster.clone(),
+                                filter_chain_match: Some(FilterChainMatch {
+                                    server_names: vec![s.hostname.to_string()],
+                                    transport_protocol: "tls".to_string(),
+                                    ..Default::default()
+                                }),
+                                filters: vec![tcp_proxy(&cluster)],
+                                ..Default::default()
+                            });
+                        }
+                        let fallback = match snap.mesh.outbound_traffic_policy.mode {
+                            OutboundMode::AllowAny => names::PASSTHROUGH_CLUSTER,
+                            OutboundMode::RegistryOnly => names::BLACKHOLE_CLUSTER,
+                        };
+                        l.filter_chains.push(FilterChain {
+                            name: fallback.to_string(),
+                            filters: vec![tcp_proxy(fallback)],
+                            ..Default::default()
+                        });
+                    } else {
+                        tcp_listener_chains(ctx, &mut l, svc, sp);
+                    }
+                    out.push(l);
+                }
                 for (svc, sp) in &u.tcp {
                     let Some(ip) = svc.cluster_ip else { continue };
                     let mut l = listener(
