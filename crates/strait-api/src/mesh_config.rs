@@ -31,6 +31,10 @@ pub struct MeshConfig {
     /// Gateways select gateway proxies in their own namespace only (strait's spelling of
     /// Istio's `PILOT_SCOPE_GATEWAY_TO_NAMESPACE`; off by default, as in Istio).
     pub scope_gateway_to_namespace: bool,
+    /// Gateway proxies receive clusters and endpoints only for the hosts their Gateways'
+    /// VirtualServices route to (strait's; on when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope_gateway_clusters: Option<bool>,
     /// Namespaces a Service is visible to when it says nothing (`*` by default).
     pub default_service_export_to: Vec<String>,
     /// Same for VirtualServices.
@@ -51,6 +55,7 @@ impl Default for MeshConfig {
             default_config: ProxyConfig::default(),
             locality_lb_setting: None,
             scope_gateway_to_namespace: false,
+            scope_gateway_clusters: None,
             default_service_export_to: Vec::new(),
             default_virtual_service_export_to: Vec::new(),
             default_destination_rule_export_to: Vec::new(),

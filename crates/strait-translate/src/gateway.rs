@@ -314,7 +314,12 @@ fn virtual_hosts(
 }
 
 /// Listeners, routes and secrets of a gateway proxy.
-pub fn gateway_config(snap: &MeshSnapshot, config: &ConfigIndex, proxy: &Proxy) -> GatewayConfig {
+pub fn gateway_config(
+    snap: &MeshSnapshot,
+    config: &ConfigIndex,
+    proxy: &Proxy,
+    visible: &crate::scope::Visibility,
+) -> GatewayConfig {
     let mut out = GatewayConfig::default();
     let gateways = config.gateways_for(
         &proxy.labels,
@@ -355,6 +360,7 @@ pub fn gateway_config(snap: &MeshSnapshot, config: &ConfigIndex, proxy: &Proxy) 
         gateways: &all_gateways,
         port: 0,
         tls: false,
+        visible,
     };
     for ((bind, port), servers) in &by_listener {
         let mut l = Listener {

@@ -55,6 +55,8 @@ pub struct RouteContext<'a> {
     pub port: u16,
     /// The listener terminates TLS (redirects keep https).
     pub tls: bool,
+    /// What the proxy sees.
+    pub visible: &'a crate::scope::Visibility,
 }
 
 /// Istio's default retry policy: two retries on connection failures and refused streams, each

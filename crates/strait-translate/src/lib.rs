@@ -21,6 +21,7 @@ pub mod names;
 pub mod policy;
 pub mod ratelimit;
 pub mod route;
+pub mod scope;
 pub mod sds;
 pub mod util;
 
@@ -67,6 +68,8 @@ pub struct ProxyClass {
     pub source_scope: u64,
     /// Gateways only: the Gateways that select it.
     pub gateways: Vec<strait_model::ConfigKey>,
+    /// Sidecars only: the Sidecar resource in force.
+    pub sidecar: Option<strait_model::ConfigKey>,
 }
 
 impl ProxyClass {
@@ -85,7 +88,14 @@ impl ProxyClass {
         } else {
             Vec::new()
         };
+        let sidecar = match proxy.node.kind {
+            ProxyKind::Sidecar => {
+                scope::sidecar_for(snap, &proxy.namespace, &proxy.labels).map(|(k, _)| k.clone())
+            }
+            ProxyKind::Router => None,
+        };
         ProxyClass {
+            sidecar,
             kind: proxy.node.kind,
             namespace: proxy.namespace.clone(),
             interception: proxy.node.interception,
@@ -132,6 +142,7 @@ pub fn route_context<'a>(
     config: &'a ConfigIndex,
     proxy: &'a Proxy,
     gateways: &'a [String],
+    visible: &'a scope::Visibility,
 ) -> RouteContext<'a> {
     RouteContext {
         snap,
@@ -141,6 +152,7 @@ pub fn route_context<'a>(
         gateways,
         port: 0,
         tls: false,
+        visible,
     }
 }
 
@@ -155,12 +167,13 @@ pub fn generate(snap: &MeshSnapshot, proxy: &Proxy) -> ProxyResources {
     let class = ProxyClass::of(proxy, snap, &config);
     let inbound_ports = cluster::inbound_ports(snap, proxy);
     let mesh = mesh_gateways();
-    let ctx = route_context(snap, &config, proxy, &mesh);
+    let visible = scope::visibility(snap, &config, proxy, &class.gateways);
+    let ctx = route_context(snap, &config, proxy, &mesh, &visible);
 
     let mut secret_names = std::collections::BTreeSet::new();
     let mut clusters: Vec<Cluster> = Vec::new();
     let mut endpoints: Vec<ClusterLoadAssignment> = Vec::new();
-    for svc in snap.services.values() {
+    for svc in snap.services.values().filter(|s| visible.sees(&s.key)) {
         let dr = service_dr(&config, svc, proxy);
         let built = cluster::outbound_clusters(snap, svc, dr.as_ref());
         clusters.extend(built.clusters);
@@ -181,12 +194,12 @@ pub fn generate(snap: &MeshSnapshot, proxy: &Proxy) -> ProxyResources {
     let mut listeners = listener::outbound_listeners(&ctx, &class);
     listeners.extend(listener::inbound_listeners(snap, proxy, &inbound_ports));
     let mut routes: Vec<RouteConfiguration> = if proxy.node.kind == ProxyKind::Sidecar {
-        listener::outbound_http_ports(snap)
+        listener::outbound_http_ports(&ctx)
             .into_iter()
             .map(|p| route::outbound_route_config(&RouteContext { port: p, ..ctx }, &class))
             .collect()
     } else {
-        let gw = gateway::gateway_config(snap, &config, proxy);
+        let gw = gateway::gateway_config(snap, &config, proxy, &visible);
         listeners.extend(gw.listeners);
         secret_names.extend(gw.secrets);
         gw.routes

@@ -288,9 +288,10 @@ struct PortUse<'a> {
     tcp: Vec<(&'a Arc<Service>, &'a ServicePort)>,
 }
 
-fn outbound_ports(snap: &MeshSnapshot) -> BTreeMap<u16, PortUse<'_>> {
+fn outbound_ports<'a>(ctx: &RouteContext<'a>) -> BTreeMap<u16, PortUse<'a>> {
+    let snap = ctx.snap;
     let mut ports: BTreeMap<u16, PortUse<'_>> = BTreeMap::new();
-    for svc in snap.services.values() {
+    for svc in snap.services.values().filter(|s| ctx.visible.sees(&s.key)) {
         for p in svc.ports.iter().filter(|p| p.protocol.is_proxied()) {
             let u = ports.entry(p.port).or_default();
             if p.protocol.is_http() {
@@ -304,8 +305,8 @@ fn outbound_ports(snap: &MeshSnapshot) -> BTreeMap<u16, PortUse<'_>> {
 }
 
 /// The HTTP ports outbound routes exist for (one route configuration each).
-pub fn outbound_http_ports(snap: &MeshSnapshot) -> Vec<u16> {
-    outbound_ports(snap)
+pub fn outbound_http_ports(ctx: &RouteContext<'_>) -> Vec<u16> {
+    outbound_ports(ctx)
         .into_iter()
         .filter(|(_, u)| u.http)
         .map(|(p, _)| p)
@@ -324,11 +325,11 @@ pub fn outbound_listeners(ctx: &RouteContext<'_>, class: &ProxyClass) -> Vec<Lis
         return Vec::new();
     }
     let snap = ctx.snap;
-    let ports = outbound_ports(snap);
+    let ports = outbound_ports(ctx);
     let mut out = Vec::new();
     match class.interception {
         InterceptionMode::Redirect => {
-            let fallback = match snap.mesh.outbound_traffic_policy.mode {
+            let fallback = match ctx.visible.outbound {
                 OutboundMode::AllowAny => names::PASSTHROUGH_CLUSTER,
                 OutboundMode::RegistryOnly => names::BLACKHOLE_CLUSTER,
             };
@@ -393,7 +394,7 @@ pub fn outbound_listeners(ctx: &RouteContext<'_>, class: &ProxyClass) -> Vec<Lis
                                 ..Default::default()
                             });
                         }
-                        let fallback = match snap.mesh.outbound_traffic_policy.mode {
+                        let fallback = match ctx.visible.outbound {
                             OutboundMode::AllowAny => names::PASSTHROUGH_CLUSTER,
                             OutboundMode::RegistryOnly => names::BLACKHOLE_CLUSTER,
                         };

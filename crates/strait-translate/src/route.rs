@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     VirtualHost, route, route_action, route_match,
 };
 use strait_api::mesh_config::OutboundMode;
-use strait_model::{InterceptionMode, MeshSnapshot, Service, ServicePort};
+use strait_model::{InterceptionMode, Service, ServicePort};
 use tracing::warn;
 
 use crate::ProxyClass;
@@ -97,11 +97,11 @@ fn default_hash_policy(
 /// The catch-all virtual host for hosts the mesh does not know: passed through to the
 /// original destination (ALLOW_ANY, with traffic capture), or refused with 502
 /// (REGISTRY_ONLY). Without capture there is no original destination: Envoy answers 404.
-fn catch_all(snap: &MeshSnapshot, class: &ProxyClass) -> Option<VirtualHost> {
+fn catch_all(ctx: &RouteContext<'_>, class: &ProxyClass) -> Option<VirtualHost> {
     if class.interception != InterceptionMode::Redirect {
         return None;
     }
-    Some(match snap.mesh.outbound_traffic_policy.mode {
+    Some(match ctx.visible.outbound {
         OutboundMode::AllowAny => VirtualHost {
             name: "allow_any".to_string(),
             domains: vec!["*".to_string()],
@@ -150,7 +150,7 @@ pub fn outbound_route_config(ctx: &RouteContext<'_>, class: &ProxyClass) -> Rout
     let port = ctx.port;
     let mut seen: HashSet<String> = HashSet::new();
     let mut virtual_hosts = Vec::new();
-    for svc in snap.services.values() {
+    for svc in snap.services.values().filter(|s| ctx.visible.sees(&s.key)) {
         let Some(sp) = svc.port(port).filter(|p| p.protocol.is_http()) else {
             continue;
         };
@@ -167,7 +167,7 @@ pub fn outbound_route_config(ctx: &RouteContext<'_>, class: &ProxyClass) -> Rout
         }
     }
     virtual_hosts.sort_by(|a, b| a.name.cmp(&b.name));
-    virtual_hosts.extend(catch_all(snap, class));
+    virtual_hosts.extend(catch_all(ctx, class));
     RouteConfiguration {
         name: port.to_string(),
         virtual_hosts,

@@ -17,10 +17,19 @@ use strait_model::{
     ChangeSet, EndpointSet, InterceptionMode, Labels, MeshSnapshot, Proxy, ProxyKind, Service,
     ServiceKey,
 };
+use strait_translate::scope::{self, Visibility};
 use strait_translate::{
     ConfigIndex, EffectiveDr, ProxyClass, cluster, endpoint, gateway, listener, route,
     route_context, sds,
 };
+
+/// What decides a class's visibility: kind, namespace, Sidecar, Gateways.
+type VisibilityKey = (
+    ProxyKind,
+    Arc<str>,
+    Option<strait_model::ConfigKey>,
+    Vec<strait_model::ConfigKey>,
+);
 
 use crate::resource::{ProxySnapshot, Resource, ResourceMap, TypeView, XdsType};
 
@@ -39,13 +48,103 @@ struct EndpointMemo {
     assignments: Vec<Arc<Resource>>,
 }
 
-/// Clusters and endpoints of one DestinationRule scope.
+/// How many DestinationRule variants of one service are kept (scopes that resolve a host to
+/// different rules).
+const VARIANTS: usize = 4;
+
+/// Encoded resources per service, shared by every scope: a scope rebuilt after a change
+/// re-encodes only the services whose inputs changed.
+#[derive(Default)]
+struct Memo {
+    clusters: HashMap<ServiceKey, Vec<Arc<ServiceMemo>>>,
+    endpoints: HashMap<ServiceKey, Vec<Arc<EndpointMemo>>>,
+}
+
+fn same_eps(a: &Option<Arc<EndpointSet>>, b: Option<&Arc<EndpointSet>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+impl Memo {
+    fn clusters(
+        &mut self,
+        mesh: &Arc<MeshSnapshot>,
+        svc: &Arc<Service>,
+        dr: Option<EffectiveDr>,
+    ) -> Arc<ServiceMemo> {
+        let variants = self.clusters.entry(svc.key.clone()).or_default();
+        // Variants built from an older service or mesh config are stale.
+        variants.retain(|m| Arc::ptr_eq(&m.service, svc) && Arc::ptr_eq(&m.mesh, &mesh.mesh));
+        if let Some(m) = variants.iter().find(|m| m.dr == dr) {
+            return m.clone();
+        }
+        let built = cluster::outbound_clusters(mesh, svc, dr.as_ref());
+        let m = Arc::new(ServiceMemo {
+            service: svc.clone(),
+            mesh: mesh.mesh.clone(),
+            dr,
+            clusters: built
+                .clusters
+                .iter()
+                .map(|c| Resource::encode(c.name.as_str(), c))
+                .collect(),
+            secrets: built.secrets,
+        });
+        if variants.len() >= VARIANTS {
+            variants.remove(0);
+        }
+        variants.push(m.clone());
+        m
+    }
+
+    fn endpoints(
+        &mut self,
+        mesh: &MeshSnapshot,
+        svc: &Arc<Service>,
+        dr: Option<EffectiveDr>,
+    ) -> Arc<EndpointMemo> {
+        let eps = mesh.endpoints_of(&svc.key);
+        let variants = self.endpoints.entry(svc.key.clone()).or_default();
+        variants.retain(|m| Arc::ptr_eq(&m.service, svc) && same_eps(&m.endpoints, eps));
+        if let Some(m) = variants.iter().find(|m| m.dr == dr) {
+            return m.clone();
+        }
+        let assignments = endpoint::service_load_assignments(svc, eps.map(|e| &**e), dr.as_ref())
+            .iter()
+            .map(|cla| Resource::encode(cla.cluster_name.as_str(), cla))
+            .collect();
+        let m = Arc::new(EndpointMemo {
+            service: svc.clone(),
+            endpoints: eps.cloned(),
+            dr,
+            assignments,
+        });
+        if variants.len() >= VARIANTS {
+            variants.remove(0);
+        }
+        variants.push(m.clone());
+        m
+    }
+
+    /// Forgets services that no longer exist.
+    fn retain(&mut self, mesh: &MeshSnapshot) {
+        self.clusters.retain(|k, _| mesh.services.contains_key(k));
+        self.endpoints.retain(|k, _| mesh.services.contains_key(k));
+    }
+}
+
+/// Clusters and endpoints of one DestinationRule scope and visibility.
 struct Scope {
     /// A proxy of the scope: its namespace and labels resolve rules for all of them.
     namespace: Arc<str>,
     labels: Arc<Labels>,
-    services: HashMap<ServiceKey, ServiceMemo>,
-    endpoints: HashMap<ServiceKey, EndpointMemo>,
+    /// The services it holds.
+    visible: Arc<Visibility>,
+    services: HashMap<ServiceKey, Arc<ServiceMemo>>,
+    endpoints: HashMap<ServiceKey, Arc<EndpointMemo>>,
     cds: Arc<ResourceMap>,
     eds: Arc<ResourceMap>,
     secrets: BTreeSet<String>,
@@ -70,7 +169,9 @@ pub struct OwnLayers {
 pub struct ConfigCache {
     mesh: Arc<MeshSnapshot>,
     config: Arc<ConfigIndex>,
-    scopes: HashMap<u64, Scope>,
+    scopes: HashMap<(u64, u64), Scope>,
+    memo: Memo,
+    visibility: HashMap<VisibilityKey, Arc<Visibility>>,
     static_clusters: HashMap<InterceptionMode, Arc<ResourceMap>>,
     classes: HashMap<ProxyClass, ClassLayers>,
     secrets: HashMap<(Arc<str>, BTreeSet<String>), Arc<ResourceMap>>,
@@ -88,10 +189,16 @@ fn dr_for(config: &ConfigIndex, svc: &Service, ns: &str, labels: &Labels) -> Opt
 }
 
 impl Scope {
-    fn new(namespace: Arc<str>, labels: Arc<Labels>, empty: &Arc<ResourceMap>) -> Self {
+    fn new(
+        namespace: Arc<str>,
+        labels: Arc<Labels>,
+        visible: Arc<Visibility>,
+        empty: &Arc<ResourceMap>,
+    ) -> Self {
         Scope {
             namespace,
             labels,
+            visible,
             services: HashMap::new(),
             endpoints: HashMap::new(),
             cds: empty.clone(),
@@ -101,37 +208,19 @@ impl Scope {
         }
     }
 
-    /// Rebuilds the cluster map, reusing every service whose inputs did not change.
-    fn rebuild_clusters(&mut self, mesh: &Arc<MeshSnapshot>, config: &ConfigIndex) {
-        let mut memo = std::mem::take(&mut self.services);
+    /// Rebuilds the cluster map from the memo.
+    fn rebuild_clusters(
+        &mut self,
+        mesh: &Arc<MeshSnapshot>,
+        config: &ConfigIndex,
+        memo: &mut Memo,
+    ) {
         let mut next = HashMap::with_capacity(mesh.services.len());
         let mut all = Vec::new();
         let mut secrets = BTreeSet::new();
-        for (key, svc) in mesh.services.iter() {
+        for (key, svc) in mesh.services.iter().filter(|(k, _)| self.visible.sees(k)) {
             let dr = dr_for(config, svc, &self.namespace, &self.labels);
-            let entry = match memo.remove(key) {
-                Some(m)
-                    if Arc::ptr_eq(&m.service, svc)
-                        && Arc::ptr_eq(&m.mesh, &mesh.mesh)
-                        && m.dr == dr =>
-                {
-                    m
-                }
-                _ => {
-                    let built = cluster::outbound_clusters(mesh, svc, dr.as_ref());
-                    ServiceMemo {
-                        service: svc.clone(),
-                        mesh: mesh.mesh.clone(),
-                        dr,
-                        clusters: built
-                            .clusters
-                            .iter()
-                            .map(|c| Resource::encode(c.name.as_str(), c))
-                            .collect(),
-                        secrets: built.secrets,
-                    }
-                }
-            };
+            let entry = memo.clusters(mesh, svc, dr);
             all.extend(entry.clusters.iter().cloned());
             secrets.extend(entry.secrets.iter().cloned());
             next.insert(key.clone(), entry);
@@ -144,36 +233,24 @@ impl Scope {
         }
     }
 
-    fn assignments(
-        mesh: &MeshSnapshot,
-        svc: &Arc<Service>,
-        dr: Option<EffectiveDr>,
-    ) -> EndpointMemo {
-        let eps = mesh.endpoints_of(&svc.key).cloned();
-        let assignments = endpoint::service_load_assignments(svc, eps.as_deref(), dr.as_ref())
-            .iter()
-            .map(|cla| Resource::encode(cla.cluster_name.as_str(), cla))
-            .collect();
-        EndpointMemo {
-            service: svc.clone(),
-            endpoints: eps,
-            dr,
-            assignments,
-        }
-    }
-
     /// Brings the endpoint map up to date for `keys` (all services when `None`).
     fn update_endpoints(
         &mut self,
         mesh: &MeshSnapshot,
         config: &ConfigIndex,
+        memo: &mut Memo,
         keys: Option<&[ServiceKey]>,
     ) {
         let all_keys: Vec<ServiceKey>;
         let keys: &[ServiceKey] = match keys {
             Some(k) => k,
             None => {
-                let mut k: Vec<ServiceKey> = mesh.services.keys().cloned().collect();
+                let mut k: Vec<ServiceKey> = mesh
+                    .services
+                    .keys()
+                    .filter(|k| self.visible.sees(k))
+                    .cloned()
+                    .collect();
                 k.extend(
                     self.endpoints
                         .keys()
@@ -187,28 +264,20 @@ impl Scope {
         let mut changes: Vec<(Arc<str>, Option<Arc<Resource>>)> = Vec::new();
         for key in keys {
             let old = self.endpoints.remove(key);
-            let new = mesh.services.get(key).map(|svc| {
-                let dr = dr_for(config, svc, &self.namespace, &self.labels);
-                match old.as_ref() {
-                    Some(m)
-                        if Arc::ptr_eq(&m.service, svc)
-                            && m.dr == dr
-                            && match (&m.endpoints, mesh.endpoints_of(key)) {
-                                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                                (None, None) => true,
-                                _ => false,
-                            } =>
-                    {
-                        EndpointMemo {
-                            service: m.service.clone(),
-                            endpoints: m.endpoints.clone(),
-                            dr: m.dr.clone(),
-                            assignments: m.assignments.clone(),
-                        }
-                    }
-                    _ => Self::assignments(mesh, svc, dr),
-                }
-            });
+            let new = mesh
+                .services
+                .get(key)
+                .filter(|_| self.visible.sees(key))
+                .map(|svc| {
+                    let dr = dr_for(config, svc, &self.namespace, &self.labels);
+                    memo.endpoints(mesh, svc, dr)
+                });
+            if let (Some(o), Some(n)) = (&old, &new)
+                && Arc::ptr_eq(o, n)
+            {
+                self.endpoints.insert(key.clone(), n.clone());
+                continue;
+            }
             if let Some(old) = &old {
                 for r in &old.assignments {
                     if !new
@@ -226,6 +295,9 @@ impl Scope {
                 self.endpoints.insert(key.clone(), new);
             }
         }
+        if changes.is_empty() {
+            return;
+        }
         let patched = ResourceMap::patch(&self.eds, changes);
         if patched.version != self.eds.version {
             self.eds = patched;
@@ -241,6 +313,8 @@ impl ConfigCache {
             config: Arc::new(ConfigIndex::new(&mesh)),
             mesh,
             scopes: HashMap::new(),
+            memo: Memo::default(),
+            visibility: HashMap::new(),
             static_clusters: HashMap::new(),
             classes: HashMap::new(),
             secrets: HashMap::new(),
@@ -274,25 +348,29 @@ impl ConfigCache {
             // conditions on workloads.
             self.classes.clear();
         }
+        if structural {
+            // Which services each class sees may change: layers are re-keyed as proxies ask,
+            // rebuilt from the memo (only changed services are translated again).
+            self.visibility.clear();
+            self.scopes.clear();
+            self.memo.retain(&mesh);
+        }
         if changes.secrets || structural {
             self.secrets.clear();
         }
         let config = self.config.clone();
-        for scope in self.scopes.values_mut() {
-            if structural {
-                scope.rebuild_clusters(&mesh, &config);
-            }
-            if config_changed {
-                scope.update_endpoints(&mesh, &config, None);
-            } else {
-                let keys: Vec<ServiceKey> = changes
-                    .endpoints
+        let keys: Vec<ServiceKey> = changes.endpoints.iter().cloned().collect();
+        if !keys.is_empty() {
+            for scope in self.scopes.values_mut() {
+                // A scope that does not see a changed service is left as it is: its proxies
+                // get no push.
+                let mine: Vec<ServiceKey> = keys
                     .iter()
-                    .chain(changes.services.iter())
+                    .filter(|k| scope.visible.sees(k))
                     .cloned()
                     .collect();
-                if !keys.is_empty() {
-                    scope.update_endpoints(&mesh, &config, Some(&keys));
+                if !mine.is_empty() {
+                    scope.update_endpoints(&mesh, &config, &mut self.memo, Some(&mine));
                 }
             }
         }
@@ -306,16 +384,40 @@ impl ConfigCache {
             .retain(|_, c| std::mem::replace(&mut c.used, false));
     }
 
-    fn scope(&mut self, key: u64, proxy: &Proxy) -> &mut Scope {
+    fn visible(&mut self, class: &ProxyClass, proxy: &Proxy) -> Arc<Visibility> {
+        let key: VisibilityKey = (
+            class.kind,
+            class.namespace.clone(),
+            class.sidecar.clone(),
+            class.gateways.clone(),
+        );
+        let mesh = self.mesh.clone();
+        let config = self.config.clone();
+        self.visibility
+            .entry(key)
+            .or_insert_with(|| Arc::new(scope::visibility(&mesh, &config, proxy, &class.gateways)))
+            .clone()
+    }
+
+    fn scope(&mut self, dr_scope: u64, visible: Arc<Visibility>, proxy: &Proxy) -> &mut Scope {
         let mesh = self.mesh.clone();
         let config = self.config.clone();
         let empty = self.empty.clone();
-        let s = self.scopes.entry(key).or_insert_with(|| {
-            let mut s = Scope::new(proxy.namespace.clone(), proxy.labels.clone(), &empty);
-            s.rebuild_clusters(&mesh, &config);
-            s.update_endpoints(&mesh, &config, None);
-            s
-        });
+        let memo = &mut self.memo;
+        let s = self
+            .scopes
+            .entry((dr_scope, visible.fingerprint))
+            .or_insert_with(|| {
+                let mut s = Scope::new(
+                    proxy.namespace.clone(),
+                    proxy.labels.clone(),
+                    visible,
+                    &empty,
+                );
+                s.rebuild_clusters(&mesh, &config, memo);
+                s.update_endpoints(&mesh, &config, memo, None);
+                s
+            });
         s.used = true;
         s
     }
@@ -338,6 +440,7 @@ impl ConfigCache {
         &mut self,
         class: &ProxyClass,
         proxy: &Proxy,
+        visible: &Visibility,
     ) -> (Arc<ResourceMap>, Arc<ResourceMap>, BTreeSet<String>) {
         if let Some(c) = self.classes.get_mut(class) {
             c.used = true;
@@ -346,7 +449,7 @@ impl ConfigCache {
         let mesh = &self.mesh;
         let config = &self.config;
         let mesh_gw = strait_translate::mesh_gateways();
-        let ctx = route_context(mesh, config, proxy, &mesh_gw);
+        let ctx = route_context(mesh, config, proxy, &mesh_gw, visible);
         let (listeners, routes, secrets) = match class.kind {
             ProxyKind::Sidecar => {
                 let listeners = ResourceMap::new(
@@ -355,7 +458,7 @@ impl ConfigCache {
                         .map(|l| Resource::encode(l.name.as_str(), l)),
                 );
                 let routes =
-                    ResourceMap::new(listener::outbound_http_ports(mesh).into_iter().map(|p| {
+                    ResourceMap::new(listener::outbound_http_ports(&ctx).into_iter().map(|p| {
                         let rc = route::outbound_route_config(
                             &strait_translate::http_route::RouteContext { port: p, ..ctx },
                             class,
@@ -365,7 +468,7 @@ impl ConfigCache {
                 (listeners, routes, BTreeSet::new())
             }
             ProxyKind::Router => {
-                let gw = gateway::gateway_config(mesh, config, proxy);
+                let gw = gateway::gateway_config(mesh, config, proxy, visible);
                 (
                     ResourceMap::new(
                         gw.listeners
@@ -440,10 +543,12 @@ impl ConfigCache {
         let own = own.unwrap_or_else(|| self.own_layers(proxy));
         let class = ProxyClass::of(proxy, &self.mesh, &self.config);
         let (cds, eds, mut secret_names) = {
-            let s = self.scope(class.dr_scope, proxy);
+            let visible = self.visible(&class, proxy);
+            let s = self.scope(class.dr_scope, visible, proxy);
             (s.cds.clone(), s.eds.clone(), s.secrets.clone())
         };
-        let (listeners, routes, gw_secrets) = self.class_layers(&class, proxy);
+        let visible = self.visible(&class, proxy);
+        let (listeners, routes, gw_secrets) = self.class_layers(&class, proxy, &visible);
         secret_names.extend(gw_secrets);
         let static_clusters = if proxy.node.kind == ProxyKind::Sidecar {
             self.static_layer(proxy.node.interception)
@@ -680,5 +785,39 @@ mod tests {
             &a.view(XdsType::Endpoint).layers[0],
             &b.view(XdsType::Endpoint).layers[0]
         ));
+    }
+
+    /// An endpoint change in a service a proxy cannot see leaves its snapshot as it was.
+    #[test]
+    fn invisible_changes_do_not_touch_a_scoped_proxy() {
+        let mut idx = MeshIndex::new(IndexOptions::default());
+        idx.apply(mk_service("web", "shop", &[8080]));
+        idx.apply(mk_service("db", "backend", &[5432]));
+        idx.apply(mk_slice("db-1", "backend", "db", &["10.0.0.9"], &[5432]));
+        idx.apply(dr(r#"{"apiVersion":"networking.istio.io/v1","kind":"Sidecar","metadata":{"name":"default","namespace":"shop"},
+            "spec":{"egress":[{"hosts":["./*"]}]}}"#));
+        let (mesh, changes) = idx.snapshot();
+        let mut cache = ConfigCache::new();
+        cache.update(mesh.clone(), &changes);
+        let p = proxy(&mesh);
+        let (s1, own) = cache.proxy_snapshot(&p, None);
+        assert_eq!(
+            names(s1.view(XdsType::Endpoint)),
+            ["outbound|8080||web.shop.svc.cluster.local"]
+        );
+
+        idx.apply(mk_slice(
+            "db-1",
+            "backend",
+            "db",
+            &["10.0.0.9", "10.0.0.10"],
+            &[5432],
+        ));
+        let (mesh, changes) = idx.snapshot();
+        cache.update(mesh.clone(), &changes);
+        let (s2, _) = cache.proxy_snapshot(&proxy(&mesh), Some(own));
+        for t in XdsType::ALL {
+            assert!(s2.view(t).same_as(s1.view(t)), "{t:?} untouched");
+        }
     }
 }
