@@ -59,15 +59,30 @@ pub struct RouteContext<'a> {
     pub visible: &'a crate::scope::Visibility,
 }
 
-/// Istio's default retry policy: two retries on connection failures and refused streams, each
-/// on another host unless requests are hashed to one.
+/// Istio's default retry policy: two retries on connection failures, refused streams and 503,
+/// each on another host unless requests are hashed to one.
 pub fn default_retry_policy(hashed: bool) -> RetryPolicy {
     RetryPolicy {
         retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
             .to_string(),
+        retriable_status_codes: vec![503],
         num_retries: u32_value(2),
         retry_host_predicate: if hashed { Vec::new() } else { previous_hosts() },
         host_selection_retry_max_attempts: 5,
+        ..Default::default()
+    }
+}
+
+/// A route action with Istio's timeouts: `timeout` (unset: none, where Envoy alone would
+/// default to 15s), and a gRPC client's `grpc-timeout` honoured up to it. Setting
+/// `max_stream_duration` instead would switch Envoy to its "new timeouts", which ignore the
+/// route `timeout`.
+pub fn timed_action(timeout: Option<envoy_types::pb::google::protobuf::Duration>) -> RouteAction {
+    let timeout = timeout.unwrap_or_else(|| seconds(0));
+    #[allow(deprecated)]
+    RouteAction {
+        timeout: Some(timeout),
+        max_grpc_timeout: Some(timeout),
         ..Default::default()
     }
 }
@@ -582,18 +597,7 @@ fn route_action(
     r: &mut Route,
 ) -> RouteAction {
     let vs_ns = vs.namespace();
-    let mut action = RouteAction {
-        timeout: Some(
-            rule.timeout
-                .map(|t| duration(t.get()))
-                .unwrap_or_else(|| seconds(0)),
-        ),
-        max_stream_duration: Some(route_action::MaxStreamDuration {
-            grpc_timeout_header_max: Some(seconds(0)),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let mut action = timed_action(rule.timeout.map(|t| duration(t.get())));
     if let Some(rw) = &rule.rewrite {
         if let Some(re) = &rw.uri_regex_rewrite {
             action.regex_rewrite = Some(RegexMatchAndSubstitute {

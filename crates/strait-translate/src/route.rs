@@ -14,7 +14,6 @@ use tracing::warn;
 use crate::ProxyClass;
 use crate::http_route::{self, RouteContext};
 use crate::names;
-use crate::util::seconds;
 
 fn prefix_match(prefix: &str) -> Option<RouteMatch> {
     Some(RouteMatch {
@@ -36,14 +35,9 @@ pub fn default_route(
         r#match: prefix_match("/"),
         action: Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
-            timeout: Some(seconds(0)),
             retry_policy: Some(http_route::default_retry_policy(hashed)),
-            max_stream_duration: Some(route_action::MaxStreamDuration {
-                grpc_timeout_header_max: Some(seconds(0)),
-                ..Default::default()
-            }),
             hash_policy: hash.into_iter().collect(),
-            ..Default::default()
+            ..http_route::timed_action(None)
         })),
         decorator: Some(Decorator {
             operation,
@@ -112,12 +106,7 @@ fn catch_all(ctx: &RouteContext<'_>, class: &ProxyClass) -> Option<VirtualHost> 
                     cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
                         names::PASSTHROUGH_CLUSTER.to_string(),
                     )),
-                    timeout: Some(seconds(0)),
-                    max_stream_duration: Some(route_action::MaxStreamDuration {
-                        grpc_timeout_header_max: Some(seconds(0)),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
+                    ..http_route::timed_action(None)
                 })),
                 ..Default::default()
             }],
