@@ -24,10 +24,13 @@ pub struct MeshConfig {
     pub connect_timeout: Option<Duration>,
     /// Defaults for every proxy.
     pub default_config: ProxyConfig,
-    /// Mesh-wide locality load balancing settings (DestinationRule `localityLbSetting` shape).
+    /// Mesh-wide locality load balancing settings, used where a DestinationRule sets none.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
-    pub locality_lb_setting: Option<serde_json::Value>,
+    pub locality_lb_setting: Option<crate::istio::LocalityLoadBalancerSetting>,
+    /// How much a locality may lose before traffic spills to the next priority: Envoy's
+    /// overprovisioning factor (strait's; 1.4 when unset, as in Envoy and Istio).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overprovisioning_factor: Option<f64>,
     /// Gateways select gateway proxies in their own namespace only (strait's spelling of
     /// Istio's `PILOT_SCOPE_GATEWAY_TO_NAMESPACE`; off by default, as in Istio).
     pub scope_gateway_to_namespace: bool,
@@ -54,6 +57,7 @@ impl Default for MeshConfig {
             connect_timeout: None,
             default_config: ProxyConfig::default(),
             locality_lb_setting: None,
+            overprovisioning_factor: None,
             scope_gateway_to_namespace: false,
             scope_gateway_clusters: None,
             default_service_export_to: Vec::new(),

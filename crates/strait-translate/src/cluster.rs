@@ -21,6 +21,7 @@ use strait_model::{
 };
 
 use crate::config::EffectiveDr;
+use crate::locality;
 use crate::policy;
 
 use crate::names;
@@ -147,16 +148,26 @@ fn build_cluster(
         },
     }
     let mut http = policy::HttpOptions::for_protocol(p.protocol);
-    if let Some(dr) = dr {
-        let tp = dr.policy(p.port, (!subset.is_empty()).then_some(subset));
+    let tp = dr.map(|dr| dr.policy(p.port, (!subset.is_empty()).then_some(subset)));
+    if let Some(tp) = &tp {
         policy::apply(
             &mut c,
-            &tp,
+            tp,
             &mut http,
             &mut policy::PolicyContext {
                 protocol: p.protocol,
                 secrets,
             },
+        );
+    }
+    if c.eds_cluster_config.is_some() && locality::weighted(tp.as_ref(), &snap.mesh) {
+        // `distribute`: Envoy picks a locality by the weights in the load assignment.
+        c.common_lb_config
+            .get_or_insert_with(Default::default)
+            .locality_config_specifier = Some(
+            cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                Default::default(),
+            ),
         );
     }
     c.typed_extension_protocol_options = http.encode();

@@ -17,6 +17,7 @@ pub mod endpoint;
 pub mod gateway;
 pub mod http_route;
 pub mod listener;
+pub mod locality;
 pub mod names;
 pub mod policy;
 pub mod ratelimit;
@@ -182,6 +183,11 @@ pub fn generate(snap: &MeshSnapshot, proxy: &Proxy) -> ProxyResources {
             svc,
             snap.endpoints_of(&svc.key).map(|e| &**e),
             dr.as_ref(),
+            &snap.mesh,
+            Some(locality::ProxyLocality {
+                locality: &proxy.locality,
+                labels: &proxy.labels,
+            }),
         ));
     }
     if proxy.node.kind == ProxyKind::Sidecar {

@@ -14,12 +14,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use strait_model::{
-    ChangeSet, EndpointSet, InterceptionMode, Labels, MeshSnapshot, Proxy, ProxyKind, Service,
-    ServiceKey,
+    ChangeSet, EndpointSet, InterceptionMode, Labels, Locality, MeshSnapshot, Proxy, ProxyKind,
+    Service, ServiceKey,
 };
 use strait_translate::scope::{self, Visibility};
 use strait_translate::{
-    ConfigIndex, EffectiveDr, ProxyClass, cluster, endpoint, gateway, listener, route,
+    ConfigIndex, EffectiveDr, ProxyClass, cluster, endpoint, gateway, listener, locality, route,
     route_context, sds,
 };
 
@@ -44,13 +44,36 @@ struct ServiceMemo {
 struct EndpointMemo {
     service: Arc<Service>,
     endpoints: Option<Arc<EndpointSet>>,
+    mesh: Arc<strait_api::MeshConfig>,
     dr: Option<EffectiveDr>,
+    /// The proxy locality it was built for, when locality load balancing applies.
+    locality: Option<LocalityKey>,
     assignments: Vec<Arc<Resource>>,
 }
 
-/// How many DestinationRule variants of one service are kept (scopes that resolve a host to
-/// different rules).
+/// What of a proxy its endpoints depend on when locality load balancing applies: its
+/// locality and the values of the labels `failoverPriority` orders by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LocalityKey {
+    locality: Arc<Locality>,
+    labels: Vec<Option<String>>,
+}
+
+impl LocalityKey {
+    fn of(proxy: &Proxy, keys: &[String]) -> Self {
+        LocalityKey {
+            locality: proxy.locality.clone(),
+            labels: keys.iter().map(|k| proxy.labels.get(k).cloned()).collect(),
+        }
+    }
+}
+
+/// How many DestinationRule variants of one service's clusters are kept (scopes that resolve
+/// a host to different rules).
 const VARIANTS: usize = 4;
+
+/// How many variants of one service's endpoints are kept (rules times proxy localities).
+const ENDPOINT_VARIANTS: usize = 8;
 
 /// Encoded resources per service, shared by every scope: a scope rebuilt after a change
 /// re-encodes only the services whose inputs changed.
@@ -100,29 +123,47 @@ impl Memo {
         m
     }
 
+    /// The load assignments of `svc` under rule `dr`, for a proxy at `proxy` (when locality
+    /// load balancing may apply anywhere in the mesh).
     fn endpoints(
         &mut self,
         mesh: &MeshSnapshot,
         svc: &Arc<Service>,
         dr: Option<EffectiveDr>,
+        proxy: Option<(&LocalityKey, &Labels)>,
     ) -> Arc<EndpointMemo> {
         let eps = mesh.endpoints_of(&svc.key);
+        // Only services whose rules balance by locality have per-locality variants.
+        let proxy =
+            proxy.filter(|_| locality::service_sensitive(dr.as_ref().map(|d| &d.spec), &mesh.mesh));
+        let key = proxy.map(|(k, _)| k.clone());
         let variants = self.endpoints.entry(svc.key.clone()).or_default();
-        variants.retain(|m| Arc::ptr_eq(&m.service, svc) && same_eps(&m.endpoints, eps));
-        if let Some(m) = variants.iter().find(|m| m.dr == dr) {
+        variants.retain(|m| {
+            Arc::ptr_eq(&m.service, svc)
+                && same_eps(&m.endpoints, eps)
+                && Arc::ptr_eq(&m.mesh, &mesh.mesh)
+        });
+        if let Some(m) = variants.iter().find(|m| m.dr == dr && m.locality == key) {
             return m.clone();
         }
-        let assignments = endpoint::service_load_assignments(svc, eps.map(|e| &**e), dr.as_ref())
-            .iter()
-            .map(|cla| Resource::encode(cla.cluster_name.as_str(), cla))
-            .collect();
+        let px = proxy.map(|(k, labels)| locality::ProxyLocality {
+            locality: &k.locality,
+            labels,
+        });
+        let assignments =
+            endpoint::service_load_assignments(svc, eps.map(|e| &**e), dr.as_ref(), &mesh.mesh, px)
+                .iter()
+                .map(|cla| Resource::encode(cla.cluster_name.as_str(), cla))
+                .collect();
         let m = Arc::new(EndpointMemo {
             service: svc.clone(),
             endpoints: eps.cloned(),
+            mesh: mesh.mesh.clone(),
             dr,
+            locality: key,
             assignments,
         });
-        if variants.len() >= VARIANTS {
+        if variants.len() >= ENDPOINT_VARIANTS {
             variants.remove(0);
         }
         variants.push(m.clone());
@@ -143,6 +184,8 @@ struct Scope {
     labels: Arc<Labels>,
     /// The services it holds.
     visible: Arc<Visibility>,
+    /// Its proxies' locality, when locality load balancing may apply.
+    locality: Option<LocalityKey>,
     services: HashMap<ServiceKey, Arc<ServiceMemo>>,
     endpoints: HashMap<ServiceKey, Arc<EndpointMemo>>,
     cds: Arc<ResourceMap>,
@@ -169,7 +212,10 @@ pub struct OwnLayers {
 pub struct ConfigCache {
     mesh: Arc<MeshSnapshot>,
     config: Arc<ConfigIndex>,
-    scopes: HashMap<(u64, u64), Scope>,
+    scopes: HashMap<(u64, u64, Option<LocalityKey>), Scope>,
+    /// Label keys of `failoverPriority` settings, when locality load balancing may apply
+    /// (`None`: endpoints do not depend on where a proxy runs).
+    locality_labels: Option<Vec<String>>,
     memo: Memo,
     visibility: HashMap<VisibilityKey, Arc<Visibility>>,
     static_clusters: HashMap<InterceptionMode, Arc<ResourceMap>>,
@@ -193,12 +239,14 @@ impl Scope {
         namespace: Arc<str>,
         labels: Arc<Labels>,
         visible: Arc<Visibility>,
+        locality: Option<LocalityKey>,
         empty: &Arc<ResourceMap>,
     ) -> Self {
         Scope {
             namespace,
             labels,
             visible,
+            locality,
             services: HashMap::new(),
             endpoints: HashMap::new(),
             cds: empty.clone(),
@@ -270,7 +318,8 @@ impl Scope {
                 .filter(|_| self.visible.sees(key))
                 .map(|svc| {
                     let dr = dr_for(config, svc, &self.namespace, &self.labels);
-                    memo.endpoints(mesh, svc, dr)
+                    let px = self.locality.as_ref().map(|k| (k, &*self.labels));
+                    memo.endpoints(mesh, svc, dr, px)
                 });
             if let (Some(o), Some(n)) = (&old, &new)
                 && Arc::ptr_eq(o, n)
@@ -313,6 +362,7 @@ impl ConfigCache {
             config: Arc::new(ConfigIndex::new(&mesh)),
             mesh,
             scopes: HashMap::new(),
+            locality_labels: None,
             memo: Memo::default(),
             visibility: HashMap::new(),
             static_clusters: HashMap::new(),
@@ -338,6 +388,8 @@ impl ConfigCache {
         let config_changed = changes.full || !changes.config.is_empty();
         if config_changed {
             self.config = Arc::new(ConfigIndex::new(&mesh));
+            self.locality_labels =
+                locality::locality_sensitive(&mesh).then(|| locality::priority_label_keys(&mesh));
         }
         let structural = config_changed || !changes.services.is_empty();
         if changes.full {
@@ -404,14 +456,19 @@ impl ConfigCache {
         let config = self.config.clone();
         let empty = self.empty.clone();
         let memo = &mut self.memo;
+        let locality = self
+            .locality_labels
+            .as_ref()
+            .map(|keys| LocalityKey::of(proxy, keys));
         let s = self
             .scopes
-            .entry((dr_scope, visible.fingerprint))
+            .entry((dr_scope, visible.fingerprint, locality.clone()))
             .or_insert_with(|| {
                 let mut s = Scope::new(
                     proxy.namespace.clone(),
                     proxy.labels.clone(),
                     visible,
+                    locality,
                     &empty,
                 );
                 s.rebuild_clusters(&mesh, &config, memo);
@@ -690,6 +747,67 @@ mod tests {
             names(snap.view(XdsType::Endpoint))
                 .contains(&"outbound|8080|v1|web.shop.svc.cluster.local".to_string())
         );
+    }
+
+    fn proxy_at(mesh: &MeshSnapshot, ip: &str, locality: &str) -> Proxy {
+        let node = ProxyNode::parse(
+            &format!("sidecar~{ip}~client.shop~shop.svc.cluster.local"),
+            &serde_json::Map::new(),
+            Some(Locality::parse(locality)),
+            None,
+        )
+        .expect("node");
+        Proxy::resolve(Arc::new(node), mesh)
+    }
+
+    /// With locality failover, proxies in different zones get different priorities, each
+    /// matching the reference translation, before and after an endpoint change; services
+    /// without locality rules stay shared.
+    #[test]
+    fn locality_variants_per_zone() {
+        let mut idx = MeshIndex::new(IndexOptions::default());
+        idx.apply(strait_model::testing::mk_node("na", "r1", "za"));
+        idx.apply(strait_model::testing::mk_node("nb", "r1", "zb"));
+        idx.apply(mk_service("web", "shop", &[8080]));
+        idx.apply(mk_service("db", "shop", &[5432]));
+        idx.apply(mk_pod("web-0", "shop", "10.0.0.1", &[("app", "web")], "na"));
+        idx.apply(mk_pod("web-1", "shop", "10.0.0.2", &[("app", "web")], "nb"));
+        idx.apply(mk_slice(
+            "web-1",
+            "shop",
+            "web",
+            &["10.0.0.1", "10.0.0.2"],
+            &[8080],
+        ));
+        idx.apply(mk_slice("db-1", "shop", "db", &["10.0.1.1"], &[5432]));
+        idx.apply(dr(r#"{"apiVersion":"networking.istio.io/v1","kind":"DestinationRule","metadata":{"name":"web","namespace":"shop"},
+            "spec":{"host":"web","trafficPolicy":{"outlierDetection":{"consecutive5xxErrors":2}}}}"#));
+        let (mesh, changes) = idx.snapshot();
+        let mut cache = ConfigCache::new();
+        cache.update(mesh.clone(), &changes);
+        let a = proxy_at(&mesh, "10.9.0.1", "r1/za");
+        let b = proxy_at(&mesh, "10.9.0.2", "r1/zb");
+        assert_matches_generate(&mut cache, &mesh, &a);
+        assert_matches_generate(&mut cache, &mesh, &b);
+        let web = "outbound|8080||web.shop.svc.cluster.local";
+        let db = "outbound|5432||db.shop.svc.cluster.local";
+        let version = |cache: &mut ConfigCache, p: &Proxy, name: &str| {
+            let (s, _) = cache.proxy_snapshot(p, None);
+            s.view(XdsType::Endpoint)
+                .iter()
+                .find(|r| &*r.name == name)
+                .map(|r| r.version)
+        };
+        assert_ne!(version(&mut cache, &a, web), version(&mut cache, &b, web));
+        assert_eq!(version(&mut cache, &a, db), version(&mut cache, &b, db));
+
+        idx.apply(mk_slice("web-1", "shop", "web", &["10.0.0.2"], &[8080]));
+        let (mesh, changes) = idx.snapshot();
+        cache.update(mesh.clone(), &changes);
+        let a = proxy_at(&mesh, "10.9.0.1", "r1/za");
+        let b = proxy_at(&mesh, "10.9.0.2", "r1/zb");
+        assert_matches_generate(&mut cache, &mesh, &a);
+        assert_matches_generate(&mut cache, &mesh, &b);
     }
 
     #[test]
