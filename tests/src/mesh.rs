@@ -146,6 +146,29 @@ impl Strait {
         })
     }
 
+    /// A gateway (`router`) bootstrap without traffic capture: the Gateway servers' listeners
+    /// bind `bind` at each server's port number. `labels` are what Gateway selectors match.
+    pub fn router(
+        &self,
+        namespace: &str,
+        pod: &str,
+        bind: IpAddr,
+        labels: &[(&str, &str)],
+    ) -> serde_json::Value {
+        bootstrap(&BootstrapOptions {
+            xds_address: self.xds_addr().to_string(),
+            node_id: format!("router~{bind}~{pod}.{namespace}~{namespace}.svc.cluster.local"),
+            node_cluster: format!("{pod}.{namespace}"),
+            namespace: Some(namespace.to_string()),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            outbound_bind: Some(bind),
+            ..Default::default()
+        })
+    }
+
     /// Stops the server.
     pub async fn stop(mut self) {
         if let Some(s) = self.server.take() {
@@ -221,4 +244,41 @@ pub fn endpoints(namespace: &str, service: &str, port_name: &str, eps: &[Endpoin
         );
     }
     out
+}
+
+/// An Istio networking object (`kind` is `VirtualService`, `DestinationRule`, `Gateway`, …)
+/// with `spec` written as JSON, which YAML reads as it is.
+pub fn istio(kind: &str, namespace: &str, name: &str, spec: &serde_json::Value) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: {kind}\n\
+         metadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
+    )
+}
+
+/// A VirtualService.
+pub fn virtual_service(namespace: &str, name: &str, spec: &serde_json::Value) -> String {
+    istio("VirtualService", namespace, name, spec)
+}
+
+/// A DestinationRule.
+pub fn destination_rule(namespace: &str, name: &str, spec: &serde_json::Value) -> String {
+    istio("DestinationRule", namespace, name, spec)
+}
+
+/// A Gateway.
+pub fn gateway(namespace: &str, name: &str, spec: &serde_json::Value) -> String {
+    istio("Gateway", namespace, name, spec)
+}
+
+/// A `kubernetes.io/tls` Secret with a certificate chain, its key, and optionally a CA (PEM),
+/// as `credentialName` refers to.
+pub fn tls_secret(namespace: &str, name: &str, cert: &str, key: &str, ca: Option<&str>) -> String {
+    let mut data = serde_json::json!({"tls.crt": cert, "tls.key": key});
+    if let Some(ca) = ca {
+        data["ca.crt"] = serde_json::json!(ca);
+    }
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+         type: kubernetes.io/tls\nstringData: {data}\n"
+    )
 }
