@@ -187,11 +187,12 @@ impl Drop for Strait {
 
 static NEXT_IP: AtomicU32 = AtomicU32::new(1);
 
-/// A Service with one port, a selector `app: <name>`, and a unique cluster IP.
+/// A Service with one port, a selector `app: <name>`, and a unique cluster IP (a YAML
+/// document of its own, so manifests concatenate safely).
 pub fn service(namespace: &str, name: &str, port: u16, port_name: &str) -> String {
     let n = NEXT_IP.fetch_add(1, Ordering::Relaxed);
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
          spec:\n  clusterIP: 10.96.{}.{}\n  selector: {{app: {name}}}\n  ports:\n  - {{name: {port_name}, port: {port}}}\n",
         n / 250,
         n % 250 + 1

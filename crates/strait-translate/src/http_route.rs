@@ -73,16 +73,12 @@ pub fn default_retry_policy(hashed: bool) -> RetryPolicy {
     }
 }
 
-/// A route action with Istio's timeouts: `timeout` (unset: none, where Envoy alone would
-/// default to 15s), and a gRPC client's `grpc-timeout` honoured up to it. Setting
-/// `max_stream_duration` instead would switch Envoy to its "new timeouts", which ignore the
-/// route `timeout`.
+/// A route action with the VirtualService's timeout (unset: none, where Envoy alone would
+/// default to 15s), which applies to gRPC calls too. `max_stream_duration` stays unset: it
+/// would switch Envoy to its "new timeouts", which ignore the route `timeout`.
 pub fn timed_action(timeout: Option<envoy_types::pb::google::protobuf::Duration>) -> RouteAction {
-    let timeout = timeout.unwrap_or_else(|| seconds(0));
-    #[allow(deprecated)]
     RouteAction {
-        timeout: Some(timeout),
-        max_grpc_timeout: Some(timeout),
+        timeout: Some(timeout.unwrap_or_else(|| seconds(0))),
         ..Default::default()
     }
 }

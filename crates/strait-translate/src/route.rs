@@ -90,12 +90,11 @@ fn default_hash_policy(
 
 /// The catch-all virtual host for hosts the mesh does not know: passed through to the
 /// original destination (ALLOW_ANY, with traffic capture), or refused with 502
-/// (REGISTRY_ONLY). Without capture there is no original destination: Envoy answers 404.
+/// (REGISTRY_ONLY). Without capture there is no original destination to pass through to:
+/// under ALLOW_ANY Envoy answers 404.
 fn catch_all(ctx: &RouteContext<'_>, class: &ProxyClass) -> Option<VirtualHost> {
-    if class.interception != InterceptionMode::Redirect {
-        return None;
-    }
     Some(match ctx.visible.outbound {
+        OutboundMode::AllowAny if class.interception != InterceptionMode::Redirect => return None,
         OutboundMode::AllowAny => VirtualHost {
             name: "allow_any".to_string(),
             domains: vec!["*".to_string()],
