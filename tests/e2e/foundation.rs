@@ -388,8 +388,10 @@ async fn inbound_listener_forwards_to_the_application() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_status_lists_every_proxy() {
-    let strait = Strait::start().await;
-    strait.write("svc.yaml", &service(NS, "x", 8080, "http"));
+    let strait = Strait::start_with(|dir| {
+        std::fs::write(dir.join("svc.yaml"), service(NS, "x", 8080, "http")).expect("write")
+    })
+    .await;
     let (b1, b2): (IpAddr, IpAddr) = (loopback_ip().into(), loopback_ip().into());
     let _e1 = Envoy::start("one", strait.sidecar(NS, "one", b1, false)).await;
     let _e2 = Envoy::start("two", strait.sidecar(NS, "two", b2, true)).await;

@@ -3,6 +3,7 @@
 //! handle drops, also when the test fails.
 
 pub mod envoy;
+pub mod fakeapi;
 pub mod mesh;
 pub mod upstream;
 

@@ -5,6 +5,10 @@
 //!   that Envoy (`cargo test --workspace ARGS…`); older Envoys for the version-skew tests are
 //!   installed too and passed in `STRAIT_ENVOY_EXTRA` (colon-separated paths).
 //! * `envoy [VERSION]`: installs one Envoy version into the cache and prints its path.
+//! * `codegen [--check]`: writes the CRD manifests of the Istio networking kinds into `crds/`
+//!   from the Rust types; with `--check`, fails if `crds/` is not what it would write.
+//! * `e2e [ARGS…]`: the real-cluster suite (`tests/e2e/kube.rs`, the tests marked
+//!   `needs cluster`) against the cluster of `STRAIT_E2E_KUBECONFIG`, with stock Envoy.
 //!
 //! The cache is `$STRAIT_CACHE` (default `~/.cache/strait`); Envoy versions live in
 //! `<cache>/envoy/<version>/envoy/_bin/envoy`.
@@ -13,6 +17,9 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
+
+mod crd;
+mod openapi;
 
 /// The Envoy the tests run by default.
 const DEFAULT_ENVOY: &str = "1.40.0";
@@ -121,12 +128,55 @@ fn main() -> anyhow::Result<ExitCode> {
             println!("{}", install_envoy(&version)?.display());
             Ok(ExitCode::SUCCESS)
         }
+        "codegen" => {
+            let dir = crd::dir();
+            match args.next().as_deref() {
+                Some("--check") => {
+                    let stale = crd::stale(&dir)?;
+                    if stale.is_empty() {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    for s in stale {
+                        eprintln!("crds/{s}");
+                    }
+                    eprintln!("crds/ is stale: run `cargo xtask codegen` and commit the result");
+                    Ok(ExitCode::FAILURE)
+                }
+                None => {
+                    crd::write(&dir)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(other) => bail!("codegen: unknown argument {other} (only --check)"),
+            }
+        }
+        "e2e" => {
+            let Some(kubeconfig) = std::env::var_os("STRAIT_E2E_KUBECONFIG") else {
+                bail!(
+                    "set STRAIT_E2E_KUBECONFIG to the kubeconfig of a disposable cluster: the \
+                     suite installs strait's CRDs for networking.istio.io there"
+                );
+            };
+            let envoy = match std::env::var_os("STRAIT_ENVOY") {
+                Some(p) => PathBuf::from(p),
+                None => install_envoy(DEFAULT_ENVOY)?,
+            };
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["test", "--package", "strait-e2e", "--test", "kube", "--"])
+                .args(["--ignored", "--test-threads=1"])
+                .args(args)
+                .env("STRAIT_E2E_KUBECONFIG", kubeconfig)
+                .env("STRAIT_ENVOY", envoy);
+            run(cmd)
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  \
                  test [ARGS...]    install Envoy if needed, then cargo test --workspace ARGS...\n  \
-                 envoy [VERSION]   install an Envoy version into the cache and print its path"
+                 envoy [VERSION]   install an Envoy version into the cache and print its path\n  \
+                 codegen [--check] write crds/ from the Rust types (--check: fail if stale)\n  \
+                 e2e [ARGS...]     the real-cluster suite, against STRAIT_E2E_KUBECONFIG"
             );
             Ok(ExitCode::from(2))
         }

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 use strait_sources::dir::Problems;
+use strait_sources::kube::KubeStatus;
 use strait_xds::{PushController, SyncRegistry};
 
 /// What the status API reads.
@@ -22,6 +23,8 @@ pub struct DebugState {
     pub registry: Arc<Registry>,
     /// Config problems, when a directory source runs.
     pub problems: Option<Problems>,
+    /// The Kubernetes clusters' connections, when the Kubernetes source runs.
+    pub kube: Option<KubeStatus>,
 }
 
 /// The status API's routes.
@@ -35,10 +38,11 @@ pub fn router(state: DebugState) -> Router {
 }
 
 async fn ready(State(s): State<DebugState>) -> Response {
-    let problems = s.problems.as_ref().map(|p| p.all().len()).unwrap_or(0);
+    let problems = s.problems.as_ref().map(|p| p.all().len()).unwrap_or(0)
+        + s.kube.as_ref().map(|k| k.problems().len()).unwrap_or(0);
     if s.push.is_ready() {
         let mesh = s.push.mesh();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "ready": true,
             "mesh_version": mesh.as_ref().map(|m| m.version),
             "services": mesh.as_ref().map(|m| m.services.len()),
@@ -46,11 +50,21 @@ async fn ready(State(s): State<DebugState>) -> Response {
             "proxies": s.sync.len(),
             "config_problems": problems,
         });
+        add_kubernetes(&mut body, s.kube.as_ref());
         (StatusCode::OK, Json(body)).into_response()
     } else {
-        let body =
+        let mut body =
             serde_json::json!({"ready": false, "reason": "initial configuration not loaded yet"});
+        add_kubernetes(&mut body, s.kube.as_ref());
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// Each cluster's connection, when the Kubernetes source runs. Once ready, an unreachable API
+/// server does not make strait unready (it keeps serving the last known config): it shows here.
+fn add_kubernetes(body: &mut serde_json::Value, kube: Option<&KubeStatus>) {
+    if let Some(k) = kube {
+        body["kubernetes"] = serde_json::json!(k.clusters());
     }
 }
 
@@ -74,5 +88,20 @@ async fn syncz(State(s): State<DebugState>) -> Json<strait_xds::Syncz> {
 }
 
 async fn problems(State(s): State<DebugState>) -> Json<Vec<strait_sources::manifest::Problem>> {
-    Json(s.problems.as_ref().map(|p| p.all()).unwrap_or_default())
+    let mut all = s.problems.as_ref().map(|p| p.all()).unwrap_or_default();
+    // Objects a cluster holds that strait refused; their "file" names the cluster.
+    all.extend(
+        s.kube
+            .iter()
+            .flat_map(|k| k.problems())
+            .map(|(cluster, p)| strait_sources::manifest::Problem {
+                file: format!("kubernetes:{cluster}").into(),
+                document: None,
+                object: Some(strait_api::ObjectRef::new(p.kind, p.namespace, p.name)),
+                field: p.field,
+                reason: p.reason,
+                severity: strait_api::Severity::Error,
+            }),
+    );
+    Json(all)
 }

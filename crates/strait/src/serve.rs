@@ -11,6 +11,7 @@ use clap::Args;
 use prometheus_client::registry::Registry;
 use strait_model::{IndexOptions, MeshIndex};
 use strait_sources::dir::{DirOptions, DirSource};
+use strait_sources::kube::{KubeCluster, KubeMetrics, KubeOptions, KubeSource, KubeStatus};
 use strait_xds::{AdsService, PushController, PushOptions, SyncRegistry, XdsMetrics};
 use tokio::sync::mpsc;
 use tracing::{error, info};
@@ -21,6 +22,21 @@ pub struct ServeArgs {
     /// A directory (or file) of Kubernetes/Istio manifests to serve, watched for changes.
     #[arg(long, env = "STRAIT_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+    /// Watch the Kubernetes cluster strait runs in (its service account).
+    #[arg(long, env = "STRAIT_IN_CLUSTER")]
+    in_cluster: bool,
+    /// Watch the cluster of a kubeconfig (`PATH` or `PATH#CONTEXT`; a directory means every
+    /// kubeconfig in it). Repeat for more clusters: the mesh is their union.
+    #[arg(long, value_name = "PATH[#CONTEXT]", env = "STRAIT_KUBECONFIG")]
+    kubeconfig: Vec<String>,
+    /// Id of the in-cluster (else the first) cluster; the others are named by their
+    /// kubeconfig context.
+    #[arg(long, default_value = strait_sources::kube::DEFAULT_CLUSTER_ID, env = "STRAIT_CLUSTER_ID")]
+    cluster_id: String,
+    /// How long a cluster other than the first may take to sync before strait serves without
+    /// it.
+    #[arg(long, default_value_t = 30_000)]
+    kube_sync_timeout_ms: u64,
     /// Where the ADS gRPC server listens (plaintext).
     #[arg(long, default_value = "0.0.0.0:15010", env = "STRAIT_XDS_ADDR")]
     xds_addr: SocketAddr,
@@ -66,7 +82,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async {
-        let server = start(args.config()).await?;
+        let server = start(args.config()?).await?;
         shutdown_signal().await;
         info!("shutting down");
         server.stop().await
@@ -118,6 +134,11 @@ pub struct ServeConfig {
     pub debounce_max: Duration,
     /// Directory rescan interval.
     pub poll: Duration,
+    /// Kubernetes clusters to watch (none: the directory source alone).
+    pub kube_clusters: Vec<KubeCluster>,
+    /// Settings of the Kubernetes source; its `revision` and `system_namespace` are taken
+    /// from this config.
+    pub kube: KubeOptions,
 }
 
 impl ServeConfig {
@@ -133,13 +154,17 @@ impl ServeConfig {
             debounce: Duration::from_millis(100),
             debounce_max: Duration::from_secs(1),
             poll: Duration::from_secs(2),
+            kube_clusters: Vec::new(),
+            kube: KubeOptions::default(),
         }
     }
 }
 
 impl ServeArgs {
-    fn config(&self) -> ServeConfig {
-        ServeConfig {
+    fn config(&self) -> anyhow::Result<ServeConfig> {
+        let kube_clusters =
+            KubeCluster::from_args(self.in_cluster, &self.kubeconfig, &self.cluster_id)?;
+        Ok(ServeConfig {
             config_dir: self.config_dir.clone().unwrap_or_default(),
             xds_addr: self.xds_addr,
             debug_addr: self.debug_addr,
@@ -149,7 +174,12 @@ impl ServeArgs {
             debounce: Duration::from_millis(self.debounce_ms),
             debounce_max: Duration::from_millis(self.debounce_max_ms.max(self.debounce_ms)),
             poll: Duration::from_millis(self.poll_ms.max(100)),
-        }
+            kube_clusters,
+            kube: KubeOptions {
+                sync_timeout: Duration::from_millis(self.kube_sync_timeout_ms),
+                ..KubeOptions::default()
+            },
+        })
     }
 }
 
@@ -163,6 +193,8 @@ pub struct Server {
     pub sync: Arc<SyncRegistry>,
     /// The push controller.
     pub push: PushController,
+    /// The Kubernetes clusters' status, when the Kubernetes source runs.
+    pub kube: Option<KubeStatus>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     closing: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -206,10 +238,14 @@ impl Drop for Server {
 
 /// Starts the control plane on the current tokio runtime.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
-    if cfg.config_dir.as_os_str().is_empty() {
-        bail!("no config source: pass --config-dir DIR (a folder of manifests)");
+    let with_dir = !cfg.config_dir.as_os_str().is_empty();
+    if !with_dir && cfg.kube_clusters.is_empty() {
+        bail!(
+            "no config source: pass --config-dir DIR (a folder of manifests), --in-cluster or \
+             --kubeconfig FILE"
+        );
     }
-    if !cfg.config_dir.exists() {
+    if with_dir && !cfg.config_dir.exists() {
         bail!(
             "config directory {} does not exist",
             cfg.config_dir.display()
@@ -218,6 +254,21 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
     let control_plane = format!("strait-{}@{}", cfg.revision, hostname());
     let mut registry = Registry::default();
     let metrics = XdsMetrics::register(&mut registry);
+    let kube = if cfg.kube_clusters.is_empty() {
+        None
+    } else {
+        let opts = KubeOptions {
+            revision: cfg.revision.clone(),
+            system_namespace: cfg.system_namespace.clone(),
+            ..cfg.kube.clone()
+        };
+        let kube_metrics = KubeMetrics::register(&mut registry);
+        Some(
+            KubeSource::connect(&cfg.kube_clusters, opts, kube_metrics)
+                .await
+                .context("configure the Kubernetes source")?,
+        )
+    };
     let sync = SyncRegistry::new(control_plane.clone(), cfg.revision.clone());
     let push = PushController::new(metrics.clone(), sync.clone());
 
@@ -227,27 +278,39 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         system_namespace: cfg.system_namespace.clone(),
         revision: cfg.revision.clone(),
     });
-    let source = DirSource::new(
-        cfg.config_dir.clone(),
-        DirOptions {
-            poll_interval: cfg.poll,
-            ..DirOptions::default()
-        },
-    );
-    let problems = source.problems();
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = source.run(events_tx).await {
-            error!(error = %e, "config directory source stopped");
-        }
-    }));
+    let mut sources = 0;
+    let kube_status = kube.as_ref().map(KubeSource::status);
+    if let Some(kube) = kube {
+        sources += kube.len();
+        tasks.extend(kube.spawn(events_tx.clone()));
+    }
+    let problems = if with_dir {
+        let source = DirSource::new(
+            cfg.config_dir.clone(),
+            DirOptions {
+                poll_interval: cfg.poll,
+                ..DirOptions::default()
+            },
+        );
+        let problems = source.problems();
+        sources += 1;
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = source.run(events_tx).await {
+                error!(error = %e, "config directory source stopped");
+            }
+        }));
+        Some(problems)
+    } else {
+        None
+    };
     tasks.push(tokio::spawn(push.clone().run(
         index,
         events_rx,
         PushOptions {
             debounce: cfg.debounce,
             debounce_max: cfg.debounce_max.max(cfg.debounce),
-            sources: 1,
+            sources,
         },
     )));
 
@@ -255,7 +318,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         push: push.clone(),
         sync: sync.clone(),
         registry: Arc::new(registry),
-        problems: Some(problems),
+        problems,
+        kube: kube_status.clone(),
     });
     let debug_listener = tokio::net::TcpListener::bind(cfg.debug_addr)
         .await
@@ -269,6 +333,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         xds = %xds_addr,
         debug = %debug_addr,
         config_dir = %cfg.config_dir.display(),
+        clusters = ?cfg.kube_clusters.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         revision = %cfg.revision,
         %control_plane,
         "strait serving"
@@ -297,6 +362,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         debug_addr,
         sync,
         push,
+        kube: kube_status,
         stop: Some(stop),
         closing,
         tasks,
