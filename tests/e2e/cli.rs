@@ -64,6 +64,8 @@ async fn serve_bootstrap_and_proxy_status() {
                 &xds.to_string(),
                 "--debug-addr",
                 &debug.to_string(),
+                "--webhook-addr",
+                "off",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -301,9 +301,14 @@ pub fn generate() -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// The repository's `crds/` directory.
-pub fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")
+/// Every directory the CRDs are written to, relative to the repository and absolute: `crds/`
+/// and the Helm chart's `charts/strait/crds/` (Helm installs those before the templates).
+pub fn dirs() -> Vec<(&'static str, PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    ["crds", "charts/strait/crds"]
+        .into_iter()
+        .map(|d| (d, root.join(d)))
+        .collect()
 }
 
 /// Files in `dir` that differ from what would be generated (missing, changed, or left over).
@@ -543,11 +548,13 @@ mod tests {
 
     #[test]
     fn checked_in_crds_are_current() {
-        let stale = stale(&dir()).expect("generate");
-        assert!(
-            stale.is_empty(),
-            "crds/ is stale ({}): run `cargo xtask codegen`",
-            stale.join(", ")
-        );
+        for (name, dir) in dirs() {
+            let stale = stale(&dir).expect("generate");
+            assert!(
+                stale.is_empty(),
+                "{name}/ is stale ({}): run `cargo xtask codegen`",
+                stale.join(", ")
+            );
+        }
     }
 }

@@ -6,9 +6,11 @@
 //!   installed too and passed in `STRAIT_ENVOY_EXTRA` (colon-separated paths).
 //! * `envoy [VERSION]`: installs one Envoy version into the cache and prints its path.
 //! * `codegen [--check]`: writes the CRD manifests of the Istio networking kinds into `crds/`
-//!   from the Rust types; with `--check`, fails if `crds/` is not what it would write.
-//! * `e2e [ARGS…]`: the real-cluster suite (`tests/e2e/kube.rs`, the tests marked
-//!   `needs cluster`) against the cluster of `STRAIT_E2E_KUBECONFIG`, with stock Envoy.
+//!   and the Helm chart's `charts/strait/crds/` from the Rust types; with `--check`, fails if
+//!   either is not what it would write.
+//! * `e2e [ARGS…]`: the real-cluster suite (`tests/e2e/kube.rs` and `tests/e2e/inject.rs`,
+//!   the tests marked `needs cluster`) against the cluster of `STRAIT_E2E_KUBECONFIG`, with
+//!   stock Envoy (the injection test also needs `STRAIT_E2E_WEBHOOK_HOST`).
 //!
 //! The cache is `$STRAIT_CACHE` (default `~/.cache/strait`); Envoy versions live in
 //! `<cache>/envoy/<version>/envoy/_bin/envoy`.
@@ -129,21 +131,32 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "codegen" => {
-            let dir = crd::dir();
+            let dirs = crd::dirs();
             match args.next().as_deref() {
                 Some("--check") => {
-                    let stale = crd::stale(&dir)?;
-                    if stale.is_empty() {
+                    let mut stale_dirs = Vec::new();
+                    for (name, dir) in &dirs {
+                        let stale = crd::stale(dir)?;
+                        for s in &stale {
+                            eprintln!("{name}/{s}");
+                        }
+                        if !stale.is_empty() {
+                            stale_dirs.push(format!("{name}/"));
+                        }
+                    }
+                    if stale_dirs.is_empty() {
                         return Ok(ExitCode::SUCCESS);
                     }
-                    for s in stale {
-                        eprintln!("crds/{s}");
-                    }
-                    eprintln!("crds/ is stale: run `cargo xtask codegen` and commit the result");
+                    eprintln!(
+                        "{} stale: run `cargo xtask codegen` and commit the result",
+                        stale_dirs.join(" and ")
+                    );
                     Ok(ExitCode::FAILURE)
                 }
                 None => {
-                    crd::write(&dir)?;
+                    for (_, dir) in &dirs {
+                        crd::write(dir)?;
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(other) => bail!("codegen: unknown argument {other} (only --check)"),
@@ -162,11 +175,20 @@ fn main() -> anyhow::Result<ExitCode> {
             };
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
             let mut cmd = Command::new(cargo);
-            cmd.args(["test", "--package", "strait-e2e", "--test", "kube", "--"])
-                .args(["--ignored", "--test-threads=1"])
-                .args(args)
-                .env("STRAIT_E2E_KUBECONFIG", kubeconfig)
-                .env("STRAIT_ENVOY", envoy);
+            cmd.args([
+                "test",
+                "--package",
+                "strait-e2e",
+                "--test",
+                "kube",
+                "--test",
+                "inject",
+                "--",
+            ])
+            .args(["--ignored", "--test-threads=1"])
+            .args(args)
+            .env("STRAIT_E2E_KUBECONFIG", kubeconfig)
+            .env("STRAIT_ENVOY", envoy);
             run(cmd)
         }
         _ => {
@@ -175,7 +197,7 @@ fn main() -> anyhow::Result<ExitCode> {
                  tasks:\n  \
                  test [ARGS...]    install Envoy if needed, then cargo test --workspace ARGS...\n  \
                  envoy [VERSION]   install an Envoy version into the cache and print its path\n  \
-                 codegen [--check] write crds/ from the Rust types (--check: fail if stale)\n  \
+                 codegen [--check] write crds/ and charts/strait/crds/ (--check: fail if stale)\n  \
                  e2e [ARGS...]     the real-cluster suite, against STRAIT_E2E_KUBECONFIG"
             );
             Ok(ExitCode::from(2))

@@ -123,6 +123,47 @@ pub struct ProxyConfig {
     /// Extra metadata added to every proxy's node.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub proxy_metadata: std::collections::BTreeMap<String, String>,
+    /// Compute resources of injected Envoy containers (strait's; Istio keeps them in its
+    /// Helm values as `global.proxy.resources`). The `sidecar.istio.io/proxyCPU`,
+    /// `proxyMemory`, `proxyCPULimit` and `proxyMemoryLimit` annotations override them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ProxyResources>,
+}
+
+/// Requests and limits of the injected Envoy container, as in a Kubernetes container's
+/// `resources` (`cpu: 100m`, `memory: 128Mi`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyResources {
+    /// What the scheduler reserves, by resource name.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub requests: std::collections::BTreeMap<String, Quantity>,
+    /// The most the container may use, by resource name.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub limits: std::collections::BTreeMap<String, Quantity>,
+}
+
+/// A Kubernetes resource quantity as written in a manifest: `100m`, `1Gi`, or a bare number
+/// (`cpu: 1`), kept as its text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
+#[serde(transparent)]
+pub struct Quantity(pub String);
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            S(String),
+            I(i64),
+            F(f64),
+        }
+        Ok(Quantity(match Text::deserialize(d)? {
+            Text::S(s) => s,
+            Text::I(i) => i.to_string(),
+            Text::F(f) => f.to_string(),
+        }))
+    }
 }
 
 impl MeshConfig {

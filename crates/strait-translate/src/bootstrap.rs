@@ -33,6 +33,13 @@ pub struct BootstrapOptions {
     pub locality: Option<Locality>,
     /// Extra node metadata.
     pub metadata: BTreeMap<String, String>,
+    /// A listener on all addresses at this port answering `GET /healthz/ready` with the
+    /// admin interface's `/ready` (and nothing else), so that the kubelet can probe a proxy
+    /// whose admin interface stays on loopback. Off by default.
+    pub health_port: Option<u16>,
+    /// A listener on all addresses at this port serving `GET /stats/prometheus` from the
+    /// admin interface. Off by default.
+    pub stats_port: Option<u16>,
 }
 
 impl Default for BootstrapOptions {
@@ -50,8 +57,92 @@ impl Default for BootstrapOptions {
             delta: false,
             locality: None,
             metadata: BTreeMap::new(),
+            health_port: None,
+            stats_port: None,
         }
     }
+}
+
+/// The cluster through which the status listeners reach the admin interface.
+const ADMIN_CLUSTER: &str = "strait-admin";
+
+/// A listener on `0.0.0.0:port` that forwards `GET <path>` (only) to the admin interface's
+/// `<admin_path>`.
+fn admin_route_listener(name: &str, port: u16, path: &str, admin_path: &str) -> Value {
+    json!({
+        "name": name,
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": {
+                    "name": name,
+                    "virtual_hosts": [{
+                        "name": name,
+                        "domains": ["*"],
+                        "routes": [{
+                            "match": {
+                                "path": path,
+                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                            },
+                            "route": {"cluster": ADMIN_CLUSTER, "prefix_rewrite": admin_path, "timeout": "5s"},
+                        }],
+                    }],
+                },
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }],
+            },
+        }]}],
+    })
+}
+
+/// The status listeners asked for, and the admin cluster they use (none when none is asked).
+fn status_resources(o: &BootstrapOptions) -> (Vec<Value>, Option<Value>) {
+    let mut listeners = Vec::new();
+    if let Some(port) = o.health_port {
+        listeners.push(admin_route_listener(
+            "strait-health",
+            port,
+            "/healthz/ready",
+            "/ready",
+        ));
+    }
+    if let Some(port) = o.stats_port {
+        listeners.push(admin_route_listener(
+            "strait-stats",
+            port,
+            "/stats/prometheus",
+            "/stats/prometheus",
+        ));
+    }
+    if listeners.is_empty() {
+        return (listeners, None);
+    }
+    let admin = if o.admin_address.is_unspecified() {
+        if o.admin_address.is_ipv4() {
+            "127.0.0.1".to_string()
+        } else {
+            "::1".to_string()
+        }
+    } else {
+        o.admin_address.to_string()
+    };
+    let cluster = json!({
+        "name": ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ADMIN_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": admin, "port_value": o.admin_port,
+            }}}}]}],
+        },
+    });
+    (listeners, Some(cluster))
 }
 
 /// Splits `host:port` (IPv6 hosts in brackets).
@@ -99,7 +190,8 @@ pub fn bootstrap(o: &BootstrapOptions) -> Value {
     } else {
         "STRICT_DNS"
     };
-    json!({
+    let (status_listeners, admin_cluster) = status_resources(o);
+    let mut doc = json!({
         "node": node,
         "admin": {
             "address": {"socket_address": {"address": o.admin_address.to_string(), "port_value": o.admin_port}},
@@ -146,7 +238,14 @@ pub fn bootstrap(o: &BootstrapOptions) -> Value {
                 },
             }],
         },
-    })
+    });
+    if let Some(c) = admin_cluster {
+        if let Some(clusters) = doc["static_resources"]["clusters"].as_array_mut() {
+            clusters.push(c);
+        }
+        doc["static_resources"]["listeners"] = Value::Array(status_listeners);
+    }
+    doc
 }
 
 #[cfg(test)]
@@ -174,5 +273,44 @@ mod tests {
             15010
         );
         assert_eq!(split_host_port("[::1]:9000"), ("::1".to_string(), 9000));
+        assert!(b["static_resources"]["listeners"].is_null());
+    }
+
+    #[test]
+    fn status_listeners_reach_only_what_they_serve() {
+        let b = bootstrap(&BootstrapOptions {
+            health_port: Some(15021),
+            stats_port: Some(15090),
+            admin_address: IpAddr::from([0, 0, 0, 0]),
+            ..Default::default()
+        });
+        let listeners = b["static_resources"]["listeners"]
+            .as_array()
+            .expect("listeners");
+        assert_eq!(listeners.len(), 2);
+        let routes = |l: &Value| {
+            l["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+                ["routes"]
+                .clone()
+        };
+        let health = routes(&listeners[0]);
+        assert_eq!(health.as_array().map(Vec::len), Some(1));
+        assert_eq!(health[0]["match"]["path"], "/healthz/ready");
+        assert_eq!(health[0]["route"]["prefix_rewrite"], "/ready");
+        assert_eq!(
+            listeners[0]["address"]["socket_address"]["port_value"],
+            15021
+        );
+        assert_eq!(
+            routes(&listeners[1])[0]["match"]["path"],
+            "/stats/prometheus"
+        );
+        let admin = &b["static_resources"]["clusters"][1];
+        assert_eq!(admin["name"], "strait-admin");
+        assert_eq!(
+            admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                ["address"],
+            "127.0.0.1"
+        );
     }
 }

@@ -95,6 +95,7 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
         delta: args.delta,
         locality: args.locality.as_deref().map(strait_model::Locality::parse),
         metadata: key_values(&args.metadata, "metadata")?,
+        ..Default::default()
     };
     let doc = bootstrap(&opts);
     let text = if args.json {

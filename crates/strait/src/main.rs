@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use strait::{bootstrap, proxy_status, serve, validate};
+use strait::{bootstrap, drain, init, inject, proxy_status, serve, tag, validate};
 
 /// An xDS control plane for stock Envoy that reads Istio networking config.
 #[derive(Parser)]
@@ -23,6 +23,16 @@ enum Command {
     ProxyStatus(proxy_status::ProxyStatusArgs),
     /// Check manifests the way the control plane would, without running it.
     Validate(validate::ValidateArgs),
+    /// Point revision tags at control-plane revisions (set, list, remove).
+    Tag(tag::TagArgs),
+    /// Add the Envoy sidecar to manifests (Pods and workload templates), like kube-inject.
+    Inject(inject::InjectArgs),
+    /// In an injected pod's init container: capture traffic and write Envoy's bootstrap.
+    Init(init::InitArgs),
+    /// Envoy's preStop hook in injected pods: drain inbound listeners, then wait.
+    Drain(drain::DrainArgs),
+    /// Envoy's postStart hook when the application is held: wait until Envoy is ready.
+    Wait(drain::WaitArgs),
 }
 
 fn init_tracing(json: bool) {
@@ -50,6 +60,11 @@ fn main() -> ExitCode {
         Command::Bootstrap(args) => bootstrap::run(args),
         Command::ProxyStatus(args) => proxy_status::run(args),
         Command::Validate(args) => validate::run(args),
+        Command::Tag(args) => tag::run(args),
+        Command::Inject(args) => inject::run(args),
+        Command::Init(args) => init::run(args),
+        Command::Drain(args) => drain::run(args),
+        Command::Wait(args) => drain::run_wait(args),
     };
     match result {
         Ok(code) => code,

@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// The sidecar-injection webhook.
+    #[command(flatten)]
+    webhook: crate::webhook::WebhookArgs,
 }
 
 fn hostname() -> String {
@@ -139,6 +142,8 @@ pub struct ServeConfig {
     /// Settings of the Kubernetes source; its `revision` and `system_namespace` are taken
     /// from this config.
     pub kube: KubeOptions,
+    /// The injection webhook (none: off).
+    pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 impl ServeConfig {
@@ -156,6 +161,7 @@ impl ServeConfig {
             poll: Duration::from_secs(2),
             kube_clusters: Vec::new(),
             kube: KubeOptions::default(),
+            webhook: None,
         }
     }
 }
@@ -179,6 +185,7 @@ impl ServeArgs {
                 sync_timeout: Duration::from_millis(self.kube_sync_timeout_ms),
                 ..KubeOptions::default()
             },
+            webhook: self.webhook.config()?,
         })
     }
 }
@@ -195,6 +202,8 @@ pub struct Server {
     pub push: PushController,
     /// The Kubernetes clusters' status, when the Kubernetes source runs.
     pub kube: Option<KubeStatus>,
+    /// The injection webhook, when it runs.
+    pub webhook: Option<crate::webhook::WebhookHandle>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     closing: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -254,6 +263,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
     let control_plane = format!("strait-{}@{}", cfg.revision, hostname());
     let mut registry = Registry::default();
     let metrics = XdsMetrics::register(&mut registry);
+    let webhook_metrics = crate::webhook::WebhookMetrics::register(&mut registry);
     let kube = if cfg.kube_clusters.is_empty() {
         None
     } else {
@@ -314,6 +324,26 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         },
     )));
 
+    let webhook = match cfg.webhook.clone() {
+        Some(w) => {
+            let ctx = crate::webhook::WebhookContext {
+                push: push.clone(),
+                revision: cfg.revision.clone(),
+                system_namespace: cfg.system_namespace.clone(),
+                domain: cfg.domain.clone(),
+                cluster_id: cfg
+                    .kube_clusters
+                    .first()
+                    .map(|c| c.id.clone())
+                    .unwrap_or_else(|| strait_sources::kube::DEFAULT_CLUSTER_ID.to_string()),
+                cluster: cfg.kube_clusters.first().cloned(),
+            };
+            let (handle, webhook_tasks) = crate::webhook::start(w, ctx, webhook_metrics).await?;
+            tasks.extend(webhook_tasks);
+            Some(handle)
+        }
+        None => None,
+    };
     let debug = crate::debug::router(crate::debug::DebugState {
         push: push.clone(),
         sync: sync.clone(),
@@ -363,6 +393,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         sync,
         push,
         kube: kube_status,
+        webhook,
         stop: Some(stop),
         closing,
         tasks,

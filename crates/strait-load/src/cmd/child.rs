@@ -77,6 +77,7 @@ impl StraitChild {
             .arg(config_dir)
             .args(["--xds-addr", &xds.to_string()])
             .args(["--debug-addr", &debug_addr.to_string()])
+            .args(["--webhook-addr", "off"])
             .args(["--debounce-ms", &s.debounce_ms.to_string()])
             .args(["--debounce-max-ms", &s.debounce_max_ms.to_string()])
             .args(["--poll-ms", &s.poll_ms.to_string()])

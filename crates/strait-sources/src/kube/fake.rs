@@ -3,10 +3,10 @@
 //! `ERROR` watch event, as the real API server does, or as an HTTP 410), dropped connections,
 //! an outage (the port closes) and the discovery endpoints (`/api`, `/apis`, …).
 //!
-//! Tests change the objects directly ([`FakeApiServer::apply`], [`FakeApiServer::delete`]);
-//! every change gets the next resource version and is streamed to the watches that match.
-//! Only what watchers use is implemented: no writes over HTTP, no pagination, no
-//! authentication.
+//! Tests change the objects directly ([`FakeApiServer::apply`], [`FakeApiServer::delete`]), or
+//! clients change them over HTTP (get, create, replace, patch and delete of single objects, for
+//! the CLI's writes); every change gets the next resource version and is streamed to the
+//! watches that match. No pagination, no authentication, no admission, no field validation.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -159,6 +159,12 @@ const RESOURCES: &[ResourceDef] = &[
         plural: "localratelimits",
         namespaced: true,
     },
+    ResourceDef {
+        group: "admissionregistration.k8s.io",
+        kind: "MutatingWebhookConfiguration",
+        plural: "mutatingwebhookconfigurations",
+        namespaced: false,
+    },
 ];
 
 /// Groups of custom resources (whose list items carry their apiVersion and kind).
@@ -167,6 +173,8 @@ const CUSTOM_GROUPS: &[&str] = &["networking.istio.io", "policy.strait.io"];
 /// A request the fake received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedRequest {
+    /// The HTTP method (`GET` for lists and watches).
+    pub method: String,
     /// The path.
     pub path: String,
     /// The decoded query parameters.
@@ -176,10 +184,11 @@ pub struct RecordedRequest {
 impl RecordedRequest {
     /// True for a watch request.
     pub fn is_watch(&self) -> bool {
-        matches!(
-            self.query.get("watch").map(String::as_str),
-            Some("true" | "1")
-        )
+        self.method == "GET"
+            && matches!(
+                self.query.get("watch").map(String::as_str),
+                Some("true" | "1")
+            )
     }
 
     /// The resource's plural name (the last path segment).
@@ -232,6 +241,7 @@ impl Shared {
         match def.group {
             "" => version == "v1",
             "discovery.k8s.io" => opts.endpoint_slices && version == "v1",
+            "admissionregistration.k8s.io" => version == "v1",
             "policy.strait.io" => opts.policy_versions.iter().any(|v| v == version),
             _ => opts.istio_versions.iter().any(|v| v == version),
         }
@@ -530,7 +540,7 @@ fn resource_list(shared: &Shared, group: &str, version: &str) -> Option<Value> {
         }
         resources.push(json!({
             "name": def.plural, "singularName": def.kind.to_lowercase(), "namespaced": def.namespaced,
-            "kind": def.kind, "verbs": ["get", "list", "watch"],
+            "kind": def.kind, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
         }));
         if CUSTOM_GROUPS.contains(&def.group) {
             resources.push(json!({
@@ -556,6 +566,7 @@ fn api_group(shared: &Shared, group: &str) -> Option<Value> {
     let opts = shared.opts();
     let versions: Vec<String> = match group {
         "discovery.k8s.io" if opts.endpoint_slices => vec!["v1".into()],
+        "admissionregistration.k8s.io" => vec!["v1".into()],
         "networking.istio.io" => opts.istio_versions.clone(),
         "policy.strait.io" => opts.policy_versions.clone(),
         _ => Vec::new(),
@@ -569,12 +580,19 @@ fn api_group(shared: &Shared, group: &str) -> Option<Value> {
     }))
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_string();
     let query = parse_query(uri.query());
     let failure = {
         let mut store = shared.lock();
         store.requests.push(RecordedRequest {
+            method: method.to_string(),
             path: path.clone(),
             query: query.clone(),
         });
@@ -583,9 +601,6 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> 
     if let Some(code) = failure {
         return status_response(code, "InternalError", "injected failure");
     }
-    if method != Method::GET {
-        return status_response(405, "MethodNotAllowed", "the fake serves GET only");
-    }
     let not_found = || {
         status_response(
             404,
@@ -593,31 +608,34 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> 
             &format!("the server could not find the requested resource ({path})"),
         )
     };
-    match path.trim_end_matches('/') {
-        "/api" => {
-            return json_response(&json!({"kind": "APIVersions", "versions": ["v1"]}));
-        }
-        "/apis" => {
-            let groups: Vec<Value> = [
-                "discovery.k8s.io",
-                "networking.istio.io",
-                "policy.strait.io",
-            ]
-            .iter()
-            .filter_map(|g| api_group(&shared, g))
-            .collect();
-            return json_response(
-                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
-            );
-        }
-        p => {
-            if let Some(group) = p.strip_prefix("/apis/")
-                && !group.contains('/')
-            {
-                return match api_group(&shared, group) {
-                    Some(g) => json_response(&g),
-                    None => not_found(),
-                };
+    if method == Method::GET {
+        match path.trim_end_matches('/') {
+            "/api" => {
+                return json_response(&json!({"kind": "APIVersions", "versions": ["v1"]}));
+            }
+            "/apis" => {
+                let groups: Vec<Value> = [
+                    "discovery.k8s.io",
+                    "admissionregistration.k8s.io",
+                    "networking.istio.io",
+                    "policy.strait.io",
+                ]
+                .iter()
+                .filter_map(|g| api_group(&shared, g))
+                .collect();
+                return json_response(
+                    &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+                );
+            }
+            p => {
+                if let Some(group) = p.strip_prefix("/apis/")
+                    && !group.contains('/')
+                {
+                    return match api_group(&shared, group) {
+                        Some(g) => json_response(&g),
+                        None => not_found(),
+                    };
+                }
             }
         }
     }
@@ -625,15 +643,20 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> 
         return not_found();
     };
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-    let (namespace, plural) = match rest.as_slice() {
-        [] => {
+    // (namespace, plural, name): a collection without a name, else one object.
+    let (namespace, plural, name) = match rest.as_slice() {
+        [] if method == Method::GET => {
             return match resource_list(&shared, &group, &version) {
                 Some(l) => json_response(&l),
                 None => not_found(),
             };
         }
-        [plural] => (None, *plural),
-        ["namespaces", ns, plural] => (Some((*ns).to_string()), *plural),
+        [plural] => (None, *plural, None),
+        ["namespaces", ns, plural] => (Some((*ns).to_string()), *plural, None),
+        [plural, name] => (None, *plural, Some((*name).to_string())),
+        ["namespaces", ns, plural, name] => {
+            (Some((*ns).to_string()), *plural, Some((*name).to_string()))
+        }
         _ => return not_found(),
     };
     let Some(def) = RESOURCES
@@ -645,13 +668,57 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> 
     if !shared.served(def, &version) || (namespace.is_some() && !def.namespaced) {
         return not_found();
     }
+    let api_version = if group.is_empty() {
+        version.clone()
+    } else {
+        format!("{group}/{version}")
+    };
+    if let Some(name) = name {
+        if def.namespaced && namespace.is_none() {
+            return not_found();
+        }
+        let target = Target {
+            def,
+            api_version,
+            namespace: namespace.unwrap_or_default(),
+            name,
+        };
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        return match method {
+            Method::GET => shared.get(&target),
+            Method::PUT => shared.replace(&target, &body),
+            Method::PATCH => shared.patch(&target, &content_type, &body),
+            Method::DELETE => shared.remove(&target),
+            _ => Err(ApiError {
+                code: 405,
+                reason: "MethodNotAllowed",
+                message: "method not allowed on an object".into(),
+            }),
+        }
+        .unwrap_or_else(|e| e.response());
+    }
+    if method == Method::POST {
+        if def.namespaced && namespace.is_none() {
+            return status_response(405, "MethodNotAllowed", "create in a namespace");
+        }
+        return shared
+            .create(def, &api_version, namespace.as_deref(), &body)
+            .unwrap_or_else(|e| e.response());
+    }
+    if method != Method::GET {
+        return status_response(
+            405,
+            "MethodNotAllowed",
+            "method not allowed on a collection",
+        );
+    }
     let q = Query {
         def,
-        api_version: if group.is_empty() {
-            version.clone()
-        } else {
-            format!("{group}/{version}")
-        },
+        api_version,
         namespace,
         fields: parse_selector(query.get("fieldSelector")),
         labels: parse_selector(query.get("labelSelector")),
@@ -661,6 +728,416 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> 
         watch(shared, q, &query)
     } else {
         list(&shared, &q)
+    }
+}
+
+/// One object an HTTP request names.
+struct Target {
+    def: &'static ResourceDef,
+    api_version: String,
+    namespace: String,
+    name: String,
+}
+
+impl Target {
+    fn key(&self) -> (String, String) {
+        let ns = if self.def.namespaced {
+            self.namespace.clone()
+        } else {
+            String::new()
+        };
+        (ns, self.name.clone())
+    }
+
+    fn not_found(&self) -> ApiError {
+        ApiError {
+            code: 404,
+            reason: "NotFound",
+            message: format!("{} \"{}\" not found", self.def.plural, self.name),
+        }
+    }
+
+    /// The stored object as this request's version presents it.
+    fn present(&self, obj: &Value) -> Value {
+        let mut o = obj.clone();
+        if let Some(m) = o.as_object_mut() {
+            m.insert("apiVersion".into(), Value::String(self.api_version.clone()));
+            m.insert("kind".into(), Value::String(self.def.kind.into()));
+        }
+        o
+    }
+}
+
+/// A refused write, answered with a `Status`.
+struct ApiError {
+    code: u16,
+    reason: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            code: 400,
+            reason: "BadRequest",
+            message: message.into(),
+        }
+    }
+
+    fn response(&self) -> Response {
+        status_response(self.code, self.reason, &self.message)
+    }
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err(ApiError::bad_request("the body is not an object"))
+    }
+}
+
+/// RFC 7386 JSON merge patch (also used, as an approximation, for strategic merge patches and
+/// server-side apply: lists are replaced rather than merged by key).
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Some(t) = target.as_object_mut() {
+        for (k, v) in fields {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+fn pointer_parts(path: &str) -> Result<Vec<String>, ApiError> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(ApiError::bad_request(format!(
+            "invalid JSON pointer {path:?}"
+        )));
+    };
+    Ok(rest
+        .split('/')
+        .map(|p| p.replace("~1", "/").replace("~0", "~"))
+        .collect())
+}
+
+/// RFC 6902 JSON patch: `add`, `remove`, `replace` and `test`.
+fn json_patch(target: &mut Value, ops: &Value) -> Result<(), ApiError> {
+    let ops = ops
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request("a JSON patch is an array"))?;
+    for op in ops {
+        let path = op["path"].as_str().unwrap_or_default();
+        let mut parts = pointer_parts(path)?;
+        let last = parts
+            .pop()
+            .ok_or_else(|| ApiError::bad_request("empty patch path"))?;
+        let parent_path: String = parts
+            .iter()
+            .map(|p| format!("/{}", p.replace('~', "~0").replace('/', "~1")))
+            .collect();
+        let invalid = |what: &str| ApiError {
+            code: 422,
+            reason: "Invalid",
+            message: format!("JSON patch {what} at {path}"),
+        };
+        let parent = target
+            .pointer_mut(&parent_path)
+            .ok_or_else(|| invalid("has no parent"))?;
+        match (op["op"].as_str().unwrap_or_default(), parent) {
+            ("add" | "replace", Value::Object(m)) => {
+                m.insert(last, op["value"].clone());
+            }
+            ("add", Value::Array(a)) => {
+                let value = op["value"].clone();
+                if last == "-" {
+                    a.push(value);
+                } else {
+                    let i: usize = last.parse().map_err(|_| invalid("has a bad index"))?;
+                    if i > a.len() {
+                        return Err(invalid("is out of range"));
+                    }
+                    a.insert(i, value);
+                }
+            }
+            ("replace", Value::Array(a)) => {
+                let i: usize = last.parse().map_err(|_| invalid("has a bad index"))?;
+                *a.get_mut(i).ok_or_else(|| invalid("is out of range"))? = op["value"].clone();
+            }
+            ("remove", Value::Object(m)) => {
+                m.remove(&last).ok_or_else(|| invalid("removes nothing"))?;
+            }
+            ("remove", Value::Array(a)) => {
+                let i: usize = last.parse().map_err(|_| invalid("has a bad index"))?;
+                if i >= a.len() {
+                    return Err(invalid("is out of range"));
+                }
+                a.remove(i);
+            }
+            ("test", _) => {
+                if target.pointer(path) != Some(&op["value"]) {
+                    return Err(invalid("test failed"));
+                }
+            }
+            (other, _) => return Err(invalid(&format!("op {other:?} is not supported"))),
+        }
+    }
+    Ok(())
+}
+
+impl Shared {
+    fn stored(&self, t: &Target) -> Option<Value> {
+        self.lock()
+            .objects
+            .get(t.def.plural)
+            .and_then(|m| m.get(&t.key()))
+            .cloned()
+    }
+
+    fn get(&self, t: &Target) -> Result<Response, ApiError> {
+        let obj = self.stored(t).ok_or_else(|| t.not_found())?;
+        Ok(json_response(&t.present(&obj)))
+    }
+
+    fn create(
+        &self,
+        def: &'static ResourceDef,
+        api_version: &str,
+        namespace: Option<&str>,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
+        let mut obj = parse_body(body)?;
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError {
+                code: 422,
+                reason: "Invalid",
+                message: "metadata.name: Required value".into(),
+            })?
+            .to_string();
+        let t = Target {
+            def,
+            api_version: api_version.to_string(),
+            namespace: namespace.unwrap_or_default().to_string(),
+            name,
+        };
+        if self.stored(&t).is_some() {
+            return Err(ApiError {
+                code: 409,
+                reason: "AlreadyExists",
+                message: format!("{} \"{}\" already exists", def.plural, t.name),
+            });
+        }
+        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+            m.remove("uid");
+        }
+        let stored = self.put(def, &t.namespace, t.present(&obj));
+        Ok((
+            StatusCode::CREATED,
+            [(header::CONTENT_TYPE, "application/json")],
+            t.present(&stored).to_string(),
+        )
+            .into_response())
+    }
+
+    /// Replaces an existing object; a stale `metadata.resourceVersion` is a conflict.
+    fn replace_value(&self, t: &Target, mut obj: Value) -> Result<Response, ApiError> {
+        let current = self.stored(t).ok_or_else(|| t.not_found())?;
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str);
+        if name.is_some_and(|n| n != t.name) {
+            return Err(ApiError::bad_request(
+                "the name of the object does not match the name in the URL",
+            ));
+        }
+        let sent_rv = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .filter(|rv| !rv.is_empty());
+        let current_rv = current
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str);
+        if sent_rv.is_some() && sent_rv != current_rv {
+            return Err(ApiError {
+                code: 409,
+                reason: "Conflict",
+                message: format!(
+                    "Operation cannot be fulfilled on {} \"{}\": the object has been modified; \
+                     please apply your changes to the latest version and try again",
+                    t.def.plural, t.name
+                ),
+            });
+        }
+        if let Some(m) = obj.as_object_mut() {
+            let meta = m
+                .entry("metadata")
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Some(meta) = meta.as_object_mut() {
+                meta.insert("name".into(), Value::String(t.name.clone()));
+                if let Some(created) = current.pointer("/metadata/creationTimestamp") {
+                    meta.insert("creationTimestamp".into(), created.clone());
+                }
+            }
+        }
+        let stored = self.put(t.def, &t.namespace, t.present(&obj));
+        Ok(json_response(&t.present(&stored)))
+    }
+
+    fn replace(&self, t: &Target, body: &[u8]) -> Result<Response, ApiError> {
+        self.replace_value(t, parse_body(body)?)
+    }
+
+    fn patch(&self, t: &Target, content_type: &str, body: &[u8]) -> Result<Response, ApiError> {
+        let patch: Value = serde_json::from_slice(body)
+            .or_else(|_| serde_yaml_ng::from_slice(body))
+            .map_err(|e| ApiError::bad_request(format!("the patch is not JSON: {e}")))?;
+        let mime = content_type.split(';').next().unwrap_or_default().trim();
+        let current = match self.stored(t) {
+            Some(c) => c,
+            // Server-side apply creates what does not exist.
+            None if mime == "application/apply-patch+yaml" => {
+                let ns = Some(t.namespace.as_str()).filter(|_| t.def.namespaced);
+                let body = serde_json::to_vec(&patch).unwrap_or_default();
+                return self.create(t.def, &t.api_version, ns, &body);
+            }
+            None => return Err(t.not_found()),
+        };
+        let mut obj = current;
+        match mime {
+            "application/json-patch+json" => json_patch(&mut obj, &patch)?,
+            "application/merge-patch+json"
+            | "application/strategic-merge-patch+json"
+            | "application/apply-patch+yaml" => merge_patch(&mut obj, &patch),
+            other => {
+                return Err(ApiError {
+                    code: 415,
+                    reason: "UnsupportedMediaType",
+                    message: format!("the body of the request was in an unknown format: {other}"),
+                });
+            }
+        }
+        // A patch that sets no resource version applies to the current one.
+        if patch.pointer("/metadata/resourceVersion").is_none()
+            && let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            meta.remove("resourceVersion");
+        }
+        self.replace_value(t, obj)
+    }
+
+    fn remove(&self, t: &Target) -> Result<Response, ApiError> {
+        let (ns, name) = t.key();
+        let obj = self
+            .delete_object(t.def, &ns, &name)
+            .ok_or_else(|| t.not_found())?;
+        Ok(json_response(&t.present(&obj)))
+    }
+
+    /// Stores `obj` (created or replaced) with the next resource version and logs the event;
+    /// returns what was stored.
+    fn put(&self, def: &'static ResourceDef, namespace: &str, mut obj: Value) -> Value {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let ns = if def.namespaced {
+            namespace.to_string()
+        } else {
+            String::new()
+        };
+        let rv = {
+            let mut store = self.lock();
+            store.rv += 1;
+            store.uid += 1;
+            let rv = store.rv;
+            let uid = store.uid;
+            let key = (ns.clone(), name);
+            let existed = store
+                .objects
+                .get(def.plural)
+                .and_then(|m| m.get(&key))
+                .cloned();
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                if def.namespaced {
+                    meta.insert("namespace".into(), Value::String(ns));
+                }
+                meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+                let uid = existed
+                    .as_ref()
+                    .and_then(|o| o.pointer("/metadata/uid").cloned())
+                    .unwrap_or_else(|| Value::String(format!("uid-{uid}")));
+                meta.insert("uid".into(), uid);
+                meta.entry("creationTimestamp")
+                    .or_insert_with(|| Value::String("2025-01-01T00:00:00Z".into()));
+                meta.insert(
+                    "managedFields".into(),
+                    json!([{"manager": "fake", "operation": "Apply", "fieldsV1": {"f:metadata": {}}}]),
+                );
+            }
+            store
+                .objects
+                .entry(def.plural)
+                .or_default()
+                .insert(key, obj.clone());
+            store.log.push(LogEntry {
+                rv,
+                plural: def.plural,
+                kind: if existed.is_some() {
+                    "MODIFIED"
+                } else {
+                    "ADDED"
+                },
+                object: obj.clone(),
+            });
+            rv
+        };
+        self.changed.send_replace(rv);
+        obj
+    }
+
+    /// Removes an object and logs its deletion; returns it as it was last stored.
+    fn delete_object(
+        &self,
+        def: &'static ResourceDef,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let ns = if def.namespaced { namespace } else { "" };
+        let (rv, obj) = {
+            let mut store = self.lock();
+            let mut obj = store
+                .objects
+                .get_mut(def.plural)
+                .and_then(|m| m.remove(&(ns.to_string(), name.to_string())))?;
+            store.rv += 1;
+            let rv = store.rv;
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+            }
+            store.log.push(LogEntry {
+                rv,
+                plural: def.plural,
+                kind: "DELETED",
+                object: obj.clone(),
+            });
+            (rv, obj)
+        };
+        self.changed.send_replace(rv);
+        Some(obj)
     }
 }
 
@@ -941,72 +1418,41 @@ impl FakeApiServer {
     /// # Panics
     ///
     /// If the object is not of a kind the fake knows, or has no name.
-    pub fn apply(&self, mut obj: Value) -> u64 {
+    pub fn apply(&self, obj: Value) -> u64 {
         let api_version = obj["apiVersion"].as_str().unwrap_or_default().to_string();
         let kind = obj["kind"].as_str().unwrap_or_default().to_string();
         let def = resource_of(&api_version, &kind)
             .unwrap_or_else(|| panic!("the fake API server does not serve {api_version} {kind}"));
-        let name = obj
+        if obj
             .pointer("/metadata/name")
             .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("{kind} without a name"))
+            .is_none()
+        {
+            panic!("{kind} without a name");
+        }
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
             .to_string();
-        let ns = if def.namespaced {
-            obj.pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("default")
-                .to_string()
-        } else {
-            String::new()
-        };
-        let rv = {
-            let mut store = self.shared.lock();
-            store.rv += 1;
-            store.uid += 1;
-            let rv = store.rv;
-            let uid = store.uid;
-            let key = (ns.clone(), name);
-            let existed = store
-                .objects
-                .get(def.plural)
-                .and_then(|m| m.get(&key))
-                .cloned();
-            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-                if def.namespaced {
-                    meta.insert("namespace".into(), Value::String(ns));
-                }
-                meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
-                let uid = existed
-                    .as_ref()
-                    .and_then(|o| o.pointer("/metadata/uid").cloned())
-                    .unwrap_or_else(|| Value::String(format!("uid-{uid}")));
-                meta.insert("uid".into(), uid);
-                meta.entry("creationTimestamp")
-                    .or_insert_with(|| Value::String("2025-01-01T00:00:00Z".into()));
-                meta.insert(
-                    "managedFields".into(),
-                    json!([{"manager": "fake", "operation": "Apply", "fieldsV1": {"f:metadata": {}}}]),
-                );
-            }
-            store
-                .objects
-                .entry(def.plural)
-                .or_default()
-                .insert(key, obj.clone());
-            store.log.push(LogEntry {
-                rv,
-                plural: def.plural,
-                kind: if existed.is_some() {
-                    "MODIFIED"
-                } else {
-                    "ADDED"
-                },
-                object: obj,
-            });
-            rv
-        };
-        self.shared.changed.send_replace(rv);
-        rv
+        let stored = self.shared.put(def, &ns, obj);
+        stored
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|rv| rv.parse().ok())
+            .unwrap_or_default()
+    }
+
+    /// The stored object, as it was last written (tests read what clients wrote).
+    pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let def = resource_of(api_version, kind)?;
+        let ns = if def.namespaced { namespace } else { "" };
+        self.shared
+            .lock()
+            .objects
+            .get(def.plural)
+            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+            .cloned()
     }
 
     /// Applies every document of a YAML stream.
@@ -1029,31 +1475,7 @@ impl FakeApiServer {
         let Some(def) = resource_of(api_version, kind) else {
             return false;
         };
-        let ns = if def.namespaced { namespace } else { "" };
-        let rv = {
-            let mut store = self.shared.lock();
-            let Some(mut obj) = store
-                .objects
-                .get_mut(def.plural)
-                .and_then(|m| m.remove(&(ns.to_string(), name.to_string())))
-            else {
-                return false;
-            };
-            store.rv += 1;
-            let rv = store.rv;
-            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
-            }
-            store.log.push(LogEntry {
-                rv,
-                plural: def.plural,
-                kind: "DELETED",
-                object: obj,
-            });
-            rv
-        };
-        self.shared.changed.send_replace(rv);
-        true
+        self.shared.delete_object(def, namespace, name).is_some()
     }
 
     /// The current resource version.
@@ -1140,10 +1562,13 @@ impl FakeApiServer {
         self.shared.lock().requests.clone()
     }
 
-    /// Requests so far for the resource `plural`: (lists, watches).
+    /// GET requests so far for the collection `plural`: (lists, watches).
     pub fn request_counts(&self, plural: &str) -> (usize, usize) {
         let store = self.shared.lock();
-        let mine = store.requests.iter().filter(|r| r.plural() == plural);
+        let mine = store
+            .requests
+            .iter()
+            .filter(|r| r.method == "GET" && r.plural() == plural);
         let (watches, lists): (Vec<_>, Vec<_>) = mine.partition(|r| r.is_watch());
         (lists.len(), watches.len())
     }
@@ -1165,5 +1590,138 @@ mod tests {
         let helm = json!({"type": "helm.sh/release.v1", "metadata": {"name": "a"}});
         assert!(!matches(&helm, &sel, &[]));
         assert_eq!(percent_decode("a%2"), "a%2");
+    }
+
+    #[test]
+    fn merge_and_json_patches() {
+        let mut obj =
+            json!({"metadata": {"name": "a", "labels": {"x": "1", "y": "2"}}, "data": {"k": "v"}});
+        merge_patch(
+            &mut obj,
+            &json!({"metadata": {"labels": {"x": null, "z": "3"}}, "data": "flat"}),
+        );
+        assert_eq!(
+            obj,
+            json!({"metadata": {"name": "a", "labels": {"y": "2", "z": "3"}}, "data": "flat"})
+        );
+        let mut obj = json!({"webhooks": [{"name": "a"}, {"name": "b"}]});
+        json_patch(
+            &mut obj,
+            &json!([
+                {"op": "test", "path": "/webhooks/1/name", "value": "b"},
+                {"op": "replace", "path": "/webhooks/0/name", "value": "c"},
+                {"op": "add", "path": "/webhooks/0/caBundle", "value": "Q0E="},
+                {"op": "add", "path": "/webhooks/-", "value": {"name": "d"}},
+                {"op": "remove", "path": "/webhooks/1"},
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(
+            obj,
+            json!({"webhooks": [{"name": "c", "caBundle": "Q0E="}, {"name": "d"}]})
+        );
+        let failed = json_patch(
+            &mut obj,
+            &json!([{"op": "test", "path": "/webhooks/0/name", "value": "x"}]),
+        );
+        assert_eq!(failed.map_err(|e| e.code), Err(422));
+    }
+
+    #[tokio::test]
+    async fn writes_over_http_are_stored_versioned_and_watched() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+        use strait_api::k8s_openapi;
+
+        let fake = FakeApiServer::start().await;
+        let client = crate::kube::client(Some(&crate::kube::KubeCluster {
+            id: "fake".into(),
+            connect: crate::kube::KubeConnect::Url(fake.url()),
+        }))
+        .await
+        .expect("client");
+        let api: Api<ConfigMap> = Api::namespaced(client, "istio-system");
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "istio"}, "data": {"mesh": "{}"},
+        }))
+        .expect("ConfigMap");
+        let before = fake.resource_version();
+        let created = api
+            .create(&PostParams::default(), &cm)
+            .await
+            .expect("create");
+        let rv = created.metadata.resource_version.clone().expect("rv");
+        assert!(rv.parse::<u64>().expect("number") > before);
+        assert_eq!(created.metadata.namespace.as_deref(), Some("istio-system"));
+        let again = api.create(&PostParams::default(), &cm).await;
+        assert!(
+            matches!(&again, Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists"),
+            "{again:?}"
+        );
+
+        let patched = api
+            .patch(
+                "istio",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"extra": "1"}})),
+            )
+            .await
+            .expect("patch");
+        let data = patched.data.clone().unwrap_or_default();
+        assert_eq!((data["mesh"].as_str(), data["extra"].as_str()), ("{}", "1"));
+
+        // A replace based on an old resource version is a conflict.
+        let mut stale = created.clone();
+        stale.data = None;
+        let conflict = api.replace("istio", &PostParams::default(), &stale).await;
+        assert!(
+            matches!(&conflict, Err(kube::Error::Api(s)) if s.code == 409),
+            "{conflict:?}"
+        );
+        let replaced = api
+            .replace("istio", &PostParams::default(), &patched)
+            .await
+            .expect("replace from the current version");
+        assert_eq!(replaced.metadata.uid, created.metadata.uid, "same object");
+
+        let stored = fake
+            .get("v1", "ConfigMap", "istio-system", "istio")
+            .expect("stored");
+        assert_eq!(stored["data"]["extra"], "1");
+        api.delete("istio", &DeleteParams::default())
+            .await
+            .expect("delete");
+        assert!(api.get_opt("istio").await.expect("get").is_none());
+        let missing = api.delete("istio", &DeleteParams::default()).await;
+        assert!(
+            matches!(&missing, Err(kube::Error::Api(s)) if s.code == 404),
+            "{missing:?}"
+        );
+
+        // Watches see what clients wrote: ADDED, MODIFIED twice, DELETED.
+        let events: Vec<&'static str> = fake
+            .shared
+            .lock()
+            .log
+            .iter()
+            .filter(|e| e.plural == "configmaps")
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(events, ["ADDED", "MODIFIED", "MODIFIED", "DELETED"]);
+        let writes: Vec<String> = fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.method != "GET")
+            .map(|r| r.method)
+            .collect();
+        assert_eq!(
+            writes,
+            ["POST", "POST", "PATCH", "PUT", "PUT", "DELETE", "DELETE"]
+        );
+        assert_eq!(
+            fake.request_counts("configmaps"),
+            (0, 0),
+            "writes are no lists"
+        );
     }
 }

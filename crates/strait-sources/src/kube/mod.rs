@@ -237,6 +237,26 @@ async fn config_of(c: &KubeCluster) -> Result<kube::Config> {
     }
 }
 
+/// A plain client (no health reporting) for the command-line tools: for `cluster`, or with
+/// `None` the environment's (`$KUBECONFIG`, `~/.kube/config`, else the pod's service account).
+pub async fn client(cluster: Option<&KubeCluster>) -> Result<kube::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (id, config) = match cluster {
+        Some(c) => (c.id.clone(), config_of(c).await?),
+        None => (
+            DEFAULT_CLUSTER_ID.to_string(),
+            kube::Config::infer().await.map_err(|e| Error::KubeConfig {
+                cluster: DEFAULT_CLUSTER_ID.to_string(),
+                reason: e.to_string(),
+            })?,
+        ),
+    };
+    kube::Client::try_from(config).map_err(|e| Error::KubeConfig {
+        cluster: id,
+        reason: e.to_string(),
+    })
+}
+
 impl KubeSource {
     /// Reads every cluster's connection settings and builds its client. Nothing is sent to
     /// an API server yet; a cluster that is unreachable later is retried, but unusable
