@@ -29,7 +29,7 @@ pub use service::{
     DnsEndpoint, EntryInfo, Protocol, Resolution, Service, ServiceKey, ServiceKind, ServicePort,
     TargetPort,
 };
-pub use snapshot::{MeshSnapshot, NodeKey, NsName};
+pub use snapshot::{MeshSnapshot, NodeKey, NsName, TagReadiness};
 pub use workload::{Labels, Locality, Namespace, Node, Workload, selector_matches};
 
 /// Errors of the model crate.

@@ -101,6 +101,11 @@ pub struct ProxyNode {
     pub locality: Option<Arc<Locality>>,
     /// The cluster it runs in (`CLUSTER_ID`).
     pub cluster_id: Option<Arc<str>>,
+    /// The revision tag it was injected through (`STRAIT_TAG`): it connects through the
+    /// tag's Service and follows the tag when it moves.
+    pub tag: Option<Arc<str>>,
+    /// The revision that injected it (`STRAIT_REVISION`).
+    pub injected_by: Option<Arc<str>>,
 }
 
 fn meta_str<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
@@ -111,7 +116,8 @@ impl ProxyNode {
     /// Reads a node: `id` (`sidecar~10.1.2.3~reviews-v1-abc.default~default.svc.cluster.local`),
     /// its metadata (Istio's keys: `NAMESPACE`, `LABELS`, `INSTANCE_IPS`, `POD_NAME`,
     /// `INTERCEPTION_MODE`, `CLUSTER_ID`; strait's: `STRAIT_OUTBOUND_BIND`,
-    /// `STRAIT_APP_ADDRESS`), its locality and its Envoy version.
+    /// `STRAIT_APP_ADDRESS`, `STRAIT_TAG`, `STRAIT_REVISION`), its locality and its Envoy
+    /// version.
     pub fn parse(
         id: &str,
         metadata: &Map<String, Value>,
@@ -207,6 +213,8 @@ impl ProxyNode {
             envoy_version,
             locality: locality.filter(|l| !l.is_empty()).map(Arc::new),
             cluster_id: meta_str(metadata, "CLUSTER_ID").map(Arc::from),
+            tag: meta_str(metadata, "STRAIT_TAG").map(Arc::from),
+            injected_by: meta_str(metadata, "STRAIT_REVISION").map(Arc::from),
         })
     }
 }

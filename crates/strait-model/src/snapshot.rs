@@ -101,3 +101,208 @@ impl MeshSnapshot {
         self.secrets.get(&(Arc::from(namespace), Arc::from(name)))
     }
 }
+
+/// Label of a tag Service naming its tag.
+pub const TAG_LABEL: &str = "istio.io/tag";
+/// Label of revisioned objects naming their revision.
+pub const REV_LABEL: &str = "istio.io/rev";
+/// Label of a control-plane pod (and of pods strait injected) naming its revision.
+pub const POD_REV_LABEL: &str = "strait.io/rev";
+/// Prefix of a tag Service's name (`strait-tag-<tag>`).
+pub const TAG_SERVICE_PREFIX: &str = "strait-tag-";
+
+/// Whether the revision a tag points at can take the proxies connected through the tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagReadiness {
+    /// The tag Service has a ready endpoint on a control-plane pod of that revision.
+    Ready,
+    /// It has none yet.
+    NotReady,
+    /// Its endpoints are managed by hand (no selector) and there are none to judge by.
+    Unknown,
+}
+
+impl MeshSnapshot {
+    /// Revision tags (tag → revision), as the tag Services `strait-tag-<tag>` in the system
+    /// namespace point them: the revision their selector picks control-plane pods of
+    /// (`strait.io/rev`), else their `istio.io/rev` label. A tag Service is what proxies
+    /// injected through the tag connect to, so it says where they reconnect.
+    pub fn tags(&self, system_namespace: &str) -> BTreeMap<String, String> {
+        self.services_in(system_namespace)
+            .filter_map(|s| {
+                let tag = s.key.name.strip_prefix(TAG_SERVICE_PREFIX)?;
+                if s.labels.get(TAG_LABEL).is_some_and(|t| t != tag) {
+                    return None;
+                }
+                let rev = s
+                    .selector
+                    .as_ref()
+                    .and_then(|sel| sel.get(POD_REV_LABEL))
+                    .or_else(|| s.labels.get(REV_LABEL))?;
+                Some((tag.to_string(), rev.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether the tag Service of `tag` can deliver proxies to `revision`: one of its endpoints
+    /// is ready and belongs to a pod of that revision.
+    pub fn tag_readiness(&self, system_namespace: &str, tag: &str, revision: &str) -> TagReadiness {
+        let key = ServiceKey::new(system_namespace, &format!("{TAG_SERVICE_PREFIX}{tag}"));
+        let Some(service) = self.services.get(&key) else {
+            return TagReadiness::NotReady;
+        };
+        let endpoints = self.endpoints.get(&key).filter(|e| !e.is_empty());
+        let Some(endpoints) = endpoints else {
+            return if service.selector.is_none() {
+                TagReadiness::Unknown
+            } else {
+                TagReadiness::NotReady
+            };
+        };
+        let ready = endpoints.groups.iter().flat_map(|g| &g.endpoints).any(|e| {
+            e.health == crate::endpoints::Health::Healthy
+                && e.labels.get(POD_REV_LABEL).map(String::as_str) == Some(revision)
+        });
+        if ready {
+            TagReadiness::Ready
+        } else {
+            TagReadiness::NotReady
+        }
+    }
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::*;
+    use crate::endpoints::{Endpoint, EndpointGroup, Health};
+    use crate::service::ServiceKind;
+
+    fn labels(kv: &[(&str, &str)]) -> Labels {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn service(ns: &str, name: &str, sel: Option<Labels>, l: Labels) -> Arc<Service> {
+        Arc::new(Service {
+            key: ServiceKey::new(ns, name),
+            hostname: Arc::from(format!("{name}.{ns}.svc.cluster.local")),
+            kind: ServiceKind::ClusterIp,
+            cluster_ip: None,
+            ports: Vec::new(),
+            selector: sel,
+            labels: l,
+            export_to: Vec::new(),
+        })
+    }
+
+    fn endpoint(ip: &str, health: Health, rev: &str) -> Endpoint {
+        Endpoint {
+            address: ip.parse().expect("ip"),
+            health,
+            labels: Arc::new(labels(&[("app", "strait"), (POD_REV_LABEL, rev)])),
+            locality: Arc::default(),
+            pod: None,
+            cluster: Arc::from(""),
+            weight: 1,
+        }
+    }
+
+    fn mesh(services: Vec<Arc<Service>>, eps: Vec<(ServiceKey, Vec<Endpoint>)>) -> MeshSnapshot {
+        MeshSnapshot {
+            services: Arc::new(services.into_iter().map(|s| (s.key.clone(), s)).collect()),
+            endpoints: Arc::new(
+                eps.into_iter()
+                    .map(|(k, endpoints)| {
+                        let set = EndpointSet {
+                            groups: vec![EndpointGroup {
+                                ports: Arc::from(Vec::new()),
+                                endpoints,
+                            }],
+                        };
+                        (k, Arc::new(set))
+                    })
+                    .collect(),
+            ),
+            ..MeshSnapshot::default()
+        }
+    }
+
+    #[test]
+    fn tags_come_from_tag_services_in_the_system_namespace() {
+        let m = mesh(
+            vec![
+                service(
+                    "istio-system",
+                    "strait-tag-prod",
+                    Some(labels(&[("app", "strait"), (POD_REV_LABEL, "canary")])),
+                    labels(&[(TAG_LABEL, "prod"), (REV_LABEL, "stable")]),
+                ),
+                // Hand-made, no selector: its label says.
+                service(
+                    "istio-system",
+                    "strait-tag-default",
+                    None,
+                    labels(&[(REV_LABEL, "stable")]),
+                ),
+                // Not a tag Service: the label names another tag.
+                service(
+                    "istio-system",
+                    "strait-tag-odd",
+                    None,
+                    labels(&[(TAG_LABEL, "other"), (REV_LABEL, "x")]),
+                ),
+                // Another namespace.
+                service("shop", "strait-tag-x", None, labels(&[(REV_LABEL, "y")])),
+                service("istio-system", "strait-stable", None, Labels::new()),
+            ],
+            Vec::new(),
+        );
+        let tags = m.tags("istio-system");
+        assert_eq!(
+            tags.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("default".to_string(), "stable".to_string()),
+                ("prod".to_string(), "canary".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tag_is_ready_when_an_endpoint_of_the_new_revision_is() {
+        let key = ServiceKey::new("istio-system", "strait-tag-prod");
+        let svc = || {
+            service(
+                "istio-system",
+                "strait-tag-prod",
+                Some(labels(&[("app", "strait"), (POD_REV_LABEL, "canary")])),
+                Labels::new(),
+            )
+        };
+        let not_yet = mesh(
+            vec![svc()],
+            vec![(
+                key.clone(),
+                vec![
+                    endpoint("10.0.0.1", Health::Healthy, "stable"),
+                    endpoint("10.0.0.2", Health::Unhealthy, "canary"),
+                ],
+            )],
+        );
+        let r = not_yet.tag_readiness("istio-system", "prod", "canary");
+        assert_eq!(r, TagReadiness::NotReady);
+        let ready = mesh(
+            vec![svc()],
+            vec![(key, vec![endpoint("10.0.0.2", Health::Healthy, "canary")])],
+        );
+        let r = ready.tag_readiness("istio-system", "prod", "canary");
+        assert_eq!(r, TagReadiness::Ready);
+        let r = mesh(vec![svc()], Vec::new()).tag_readiness("istio-system", "prod", "canary");
+        assert_eq!(r, TagReadiness::NotReady);
+        let r = mesh(Vec::new(), Vec::new()).tag_readiness("istio-system", "prod", "canary");
+        assert_eq!(r, TagReadiness::NotReady);
+        let manual = service("istio-system", "strait-tag-prod", None, Labels::new());
+        let r = mesh(vec![manual], Vec::new()).tag_readiness("istio-system", "prod", "canary");
+        assert_eq!(r, TagReadiness::Unknown);
+    }
+}

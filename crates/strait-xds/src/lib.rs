@@ -16,6 +16,7 @@ mod push;
 mod resource;
 mod server;
 mod status;
+mod tags;
 mod wire;
 
 pub use cache::{ConfigCache, OwnLayers};
@@ -25,4 +26,7 @@ pub use push::{PushController, PushOptions};
 pub use resource::{ProxySnapshot, Resource, ResourceMap, TypeView, ViewDiff, XdsType};
 pub use server::{AdsService, SnapshotSource, Subscription};
 pub use status::{ProxySyncz, SyncRegistry, SyncState, Syncz, TypeStatus, TypeSyncz};
+pub use tags::{
+    Connections, Move, TagMoveOptions, TagMover, TaggedConn, TrackedStream, run_tag_mover,
+};
 pub use wire::{DeltaResponse, SotwResponse};

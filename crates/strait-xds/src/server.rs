@@ -231,10 +231,11 @@ impl Conn {
             node.envoy_version.map(|v| v.to_string()),
             delta,
             peer.map(|p| p.to_string()),
+            node.tag.clone(),
         );
         shared.metrics.connected.inc();
         let sub = shared.source.subscribe(node.clone());
-        info!(proxy = %node.id, delta, envoy = ?node.envoy_version.map(|v| v.to_string()), "proxy connected");
+        info!(proxy = %node.id, delta, envoy = ?node.envoy_version.map(|v| v.to_string()), tag = ?node.tag, "proxy connected");
         Ok(Conn {
             node,
             status,

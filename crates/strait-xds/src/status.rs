@@ -94,6 +94,8 @@ pub struct ConnectionStatus {
     pub delta: bool,
     /// Peer address.
     pub peer: Option<String>,
+    /// The revision tag it was injected through, if any.
+    pub tag: Option<Arc<str>>,
     /// Connected since (seconds since the Unix epoch).
     pub connected_at: u64,
     types: Mutex<[TypeStatus; 5]>,
@@ -134,6 +136,9 @@ pub struct ProxySyncz {
     pub delta: bool,
     /// Peer address.
     pub peer: Option<String>,
+    /// The revision tag it follows (injected through), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
     /// Connected since.
     pub connected_at: u64,
     /// By short type name (`CDS`…): status, versions, nonces, NACK text.
@@ -206,6 +211,7 @@ impl SyncRegistry {
         envoy_version: Option<String>,
         delta: bool,
         peer: Option<String>,
+        tag: Option<Arc<str>>,
     ) -> Arc<ConnectionStatus> {
         let conn = self
             .next_conn
@@ -216,6 +222,7 @@ impl SyncRegistry {
             envoy_version,
             delta,
             peer,
+            tag,
             connected_at: now_secs(),
             types: Mutex::new(Default::default()),
         });
@@ -226,6 +233,16 @@ impl SyncRegistry {
     /// Forgets a connection.
     pub fn disconnect(&self, conn: u64) {
         lock(&self.conns).remove(&conn);
+    }
+
+    /// Every connection, in connection order.
+    pub fn connections(&self) -> Vec<Arc<ConnectionStatus>> {
+        lock(&self.conns).values().cloned().collect()
+    }
+
+    /// The control plane's revision.
+    pub fn revision(&self) -> &str {
+        &self.revision
     }
 
     /// Number of connected proxies.
@@ -256,6 +273,7 @@ impl SyncRegistry {
                     envoy_version: c.envoy_version.clone(),
                     delta: c.delta,
                     peer: c.peer.clone(),
+                    tag: c.tag.as_deref().map(str::to_string),
                     connected_at: c.connected_at,
                     types: XdsType::ALL
                         .iter()
@@ -317,6 +335,7 @@ mod tests {
             "sidecar~1.2.3.4~a.b~b.svc.cluster.local".into(),
             Some("1.40.0".into()),
             false,
+            None,
             None,
         );
         c.update(XdsType::Cluster, |s| {

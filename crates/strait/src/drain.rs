@@ -131,9 +131,17 @@ mod tests {
         std::thread::spawn(move || {
             for conn in l.incoming().flatten() {
                 let mut conn = conn;
-                let mut buf = [0u8; 512];
-                let n = conn.read(&mut buf).unwrap_or(0);
-                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                // Read the whole request: closing with unread bytes would reset the
+                // connection before the client reads the answer.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 512];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf).to_string();
                 let _ = tx.send(text.lines().next().unwrap_or_default().to_string());
                 let _ = write!(conn, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
             }

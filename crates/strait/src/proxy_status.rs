@@ -42,6 +42,8 @@ pub fn table(planes: &[Syncz]) -> String {
         "EDS".to_string(),
         "RDS".to_string(),
         "CONTROL PLANE".to_string(),
+        "REVISION".to_string(),
+        "TAG".to_string(),
         "VERSION".to_string(),
     ]];
     for plane in planes {
@@ -53,13 +55,15 @@ pub fn table(planes: &[Syncz]) -> String {
                 state(p, "EDS"),
                 state(p, "RDS"),
                 plane.control_plane.clone(),
+                plane.revision.clone(),
+                p.tag.clone().unwrap_or_else(|| "-".to_string()),
                 p.envoy_version
                     .clone()
                     .unwrap_or_else(|| "unknown".to_string()),
             ]);
         }
     }
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 9];
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.len());
@@ -90,18 +94,31 @@ pub fn run(args: ProxyStatusArgs) -> anyhow::Result<ExitCode> {
             .build()
             .context("HTTP client")?;
         let mut planes = Vec::new();
+        let mut failed = Vec::new();
         for base in &args.debug_addrs {
             let u = url(base);
-            let z: Syncz = client
-                .get(&u)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .with_context(|| format!("fetch {u}"))?
-                .json()
-                .await
-                .with_context(|| format!("decode {u}"))?;
-            planes.push(z);
+            let fetched = async {
+                client
+                    .get(&u)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .with_context(|| format!("fetch {u}"))?
+                    .json::<Syncz>()
+                    .await
+                    .with_context(|| format!("decode {u}"))
+            };
+            match fetched.await {
+                Ok(z) => planes.push(z),
+                // During a migration one revision may be gone: show the others.
+                Err(e) => failed.push(format!("{e:#}")),
+            }
+        }
+        if planes.is_empty() && !failed.is_empty() {
+            anyhow::bail!("no control plane answered: {}", failed.join("; "));
+        }
+        for f in &failed {
+            eprintln!("warning: {f}");
         }
         anyhow::Ok(planes)
     })?;
@@ -144,6 +161,7 @@ mod tests {
                 envoy_version: Some("1.40.0".into()),
                 delta: false,
                 peer: None,
+                tag: Some("prod".into()),
                 connected_at: 0,
                 types,
             }],
@@ -154,7 +172,9 @@ mod tests {
         assert!(lines[1].contains("SYNCED"));
         assert!(lines[1].contains("NACKED"));
         assert!(lines[1].contains("NOT SENT"));
-        assert!(lines[1].contains("strait-default@host"));
+        let cols: Vec<&str> = lines[1].split_whitespace().collect();
+        // "NOT SENT" is two words.
+        assert_eq!(cols[6..9], ["strait-default@host", "default", "prod"]);
         assert!(lines[1].ends_with("1.40.0"));
         assert_eq!(url("127.0.0.1:15014"), "http://127.0.0.1:15014/debug/syncz");
     }

@@ -12,7 +12,10 @@ use prometheus_client::registry::Registry;
 use strait_model::{IndexOptions, MeshIndex};
 use strait_sources::dir::{DirOptions, DirSource};
 use strait_sources::kube::{KubeCluster, KubeMetrics, KubeOptions, KubeSource, KubeStatus};
-use strait_xds::{AdsService, PushController, PushOptions, SyncRegistry, XdsMetrics};
+use strait_xds::{
+    AdsService, Connections, PushController, PushOptions, SyncRegistry, TagMoveOptions, XdsMetrics,
+    run_tag_mover,
+};
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
@@ -64,6 +67,14 @@ pub struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// Proxies following a tag that moved to another revision are moved over this many
+    /// seconds, each at its own offset, once that revision is ready behind the tag's Service.
+    #[arg(long, default_value_t = 30)]
+    tag_move_spread_s: u64,
+    /// When a tag Service has no selector and no endpoints to judge readiness by: wait this
+    /// many seconds after the tag moved before moving its proxies.
+    #[arg(long, default_value_t = 10)]
+    tag_move_delay_s: u64,
     /// The sidecar-injection webhook.
     #[command(flatten)]
     webhook: crate::webhook::WebhookArgs,
@@ -144,6 +155,10 @@ pub struct ServeConfig {
     pub kube: KubeOptions,
     /// The injection webhook (none: off).
     pub webhook: Option<crate::webhook::WebhookConfig>,
+    /// Spread of proxy moves when a tag moves away from this revision.
+    pub tag_move_spread: Duration,
+    /// Wait before moving when the new revision's readiness cannot be judged.
+    pub tag_move_delay: Duration,
 }
 
 impl ServeConfig {
@@ -162,6 +177,8 @@ impl ServeConfig {
             kube_clusters: Vec::new(),
             kube: KubeOptions::default(),
             webhook: None,
+            tag_move_spread: Duration::from_secs(30),
+            tag_move_delay: Duration::from_secs(10),
         }
     }
 }
@@ -186,6 +203,8 @@ impl ServeArgs {
                 ..KubeOptions::default()
             },
             webhook: self.webhook.config()?,
+            tag_move_spread: Duration::from_secs(self.tag_move_spread_s),
+            tag_move_delay: Duration::from_secs(self.tag_move_delay_s),
         })
     }
 }
@@ -375,9 +394,22 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
     }));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let connections = Connections::new();
+    tasks.push(tokio::spawn(run_tag_mover(
+        push.clone(),
+        sync.clone(),
+        connections.clone(),
+        TagMoveOptions {
+            delay: cfg.tag_move_delay,
+            spread: cfg.tag_move_spread,
+            ..TagMoveOptions::new(cfg.revision.clone(), cfg.system_namespace.clone())
+        },
+        closing_rx.clone(),
+    )));
     let ads = AdsService::new(push.clone(), sync.clone(), metrics, closing_rx);
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(xds_listener).with_nodelay(Some(true));
+    let incoming = connections.incoming(
+        tonic::transport::server::TcpIncoming::from(xds_listener).with_nodelay(Some(true)),
+    );
     let xds = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -41,7 +41,6 @@ use strait_api::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConf
 use strait_api::k8s_openapi::api::core::v1::Namespace;
 use strait_inject::decision::{PodMeta, decide};
 use strait_inject::inject::{DEFAULT_INIT_IMAGE, DEFAULT_PROXY_IMAGE, Injector, InjectorConfig};
-use strait_model::MeshSnapshot;
 use strait_sources::kube::KubeCluster;
 use strait_xds::PushController;
 use tokio::sync::watch;
@@ -225,15 +224,6 @@ impl WebhookMetrics {
     }
 }
 
-/// The tags (tag → revision) pods may select, from the mesh snapshot.
-///
-/// The snapshot does not carry tags yet: until it does, no tags, and pods selecting a tag are
-/// left to whichever revision answers for it. Replace the body with `mesh.tags()` (one line)
-/// once `MeshSnapshot::tags` exists.
-fn tags(_mesh: &MeshSnapshot) -> BTreeMap<String, String> {
-    BTreeMap::new()
-}
-
 const NATIVE_UNKNOWN: u8 = 0;
 const NATIVE_YES: u8 = 1;
 const NATIVE_NO: u8 = 2;
@@ -330,7 +320,12 @@ impl WebhookState {
             None => self.namespace_labels(&ns).await,
         };
         let meta = PodMeta::from_pod(object, &ns);
-        let decision = decide(&meta, &ns_labels, &self.ctx.revision, &tags(&mesh));
+        let decision = decide(
+            &meta,
+            &ns_labels,
+            &self.ctx.revision,
+            &mesh.tags(&self.ctx.system_namespace),
+        );
         if !decision.inject {
             debug!(namespace = %ns, pod = %pod_name, reason = %decision.reason, "not injected");
             return (StatusCode::OK, review::allow(uid), "skipped");
