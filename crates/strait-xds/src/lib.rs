@@ -10,6 +10,7 @@
 //! over [`SnapshotSource`]; it knows nothing about where configuration comes from.
 
 mod cache;
+mod grpc;
 mod metrics;
 mod node;
 mod push;

@@ -14,15 +14,16 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
-use tonic::server::{Grpc, NamedService, StreamingService};
+use tonic::server::NamedService;
+use tonic::transport::server::TcpConnectInfo;
 use tonic::{Status, Streaming};
-use tonic_prost::ProstCodec;
+use tonic_prost::ProstDecoder;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use strait_model::ProxyNode;
 
+use crate::grpc::{self, Outgoing, ResponseBody};
 use crate::metrics::XdsMetrics;
 use crate::node::proxy_node;
 use crate::resource::{ProxySnapshot, Resource, TypeView, XdsType};
@@ -132,55 +133,57 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let shared = self.shared.clone();
-        match req.uri().path() {
-            SOTW_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(ProstCodec::<SotwResponse, DiscoveryRequest>::default())
-                    .max_decoding_message_size(16 << 20);
-                Ok(grpc.streaming(SotwSvc(shared), req).await)
-            }),
-            DELTA_PATH => Box::pin(async move {
-                let mut grpc =
-                    Grpc::new(ProstCodec::<DeltaResponse, DeltaDiscoveryRequest>::default())
-                        .max_decoding_message_size(16 << 20);
-                Ok(grpc.streaming(DeltaSvc(shared), req).await)
-            }),
-            _ => Box::pin(async move { Ok(Status::unimplemented("unknown method").into_http()) }),
-        }
-    }
-}
-
-struct SotwSvc<S>(Arc<Shared<S>>);
-struct DeltaSvc<S>(Arc<Shared<S>>);
-
-impl<S: SnapshotSource> StreamingService<DiscoveryRequest> for SotwSvc<S> {
-    type Response = SotwResponse;
-    type ResponseStream = ReceiverStream<Result<SotwResponse, Status>>;
-    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let shared = self.0.clone();
+        let peer = req
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr);
+        let path = req.uri().path().to_string();
+        let body = req.into_body();
         Box::pin(async move {
-            let peer = request.remote_addr();
             let (tx, rx) = mpsc::channel(SEND_QUEUE);
-            tokio::spawn(run_sotw(shared, request.into_inner(), tx, peer));
-            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+            match path.as_str() {
+                SOTW_PATH => {
+                    let requests = Streaming::new_request(
+                        ProstDecoder::<DiscoveryRequest>::default(),
+                        body,
+                        None,
+                        Some(MAX_REQUEST),
+                    );
+                    tokio::spawn(run_sotw(shared, requests, Sender(tx), peer));
+                }
+                DELTA_PATH => {
+                    let requests = Streaming::new_request(
+                        ProstDecoder::<DeltaDiscoveryRequest>::default(),
+                        body,
+                        None,
+                        Some(MAX_REQUEST),
+                    );
+                    tokio::spawn(run_delta(shared, requests, Sender(tx), peer));
+                }
+                _ => return Ok(Status::unimplemented("unknown method").into_http()),
+            }
+            Ok(grpc::response(ResponseBody::new(rx)))
         })
     }
 }
 
-impl<S: SnapshotSource> StreamingService<DeltaDiscoveryRequest> for DeltaSvc<S> {
-    type Response = DeltaResponse;
-    type ResponseStream = ReceiverStream<Result<DeltaResponse, Status>>;
-    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
+/// The largest request accepted (SotW requests list every subscribed name).
+const MAX_REQUEST: usize = 16 << 20;
 
-    fn call(&mut self, request: tonic::Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let shared = self.0.clone();
-        Box::pin(async move {
-            let peer = request.remote_addr();
-            let (tx, rx) = mpsc::channel(SEND_QUEUE);
-            tokio::spawn(run_delta(shared, request.into_inner(), tx, peer));
-            Ok(tonic::Response::new(ReceiverStream::new(rx)))
-        })
+/// A stream task's side of its response body.
+struct Sender(mpsc::Sender<Outgoing>);
+
+impl Sender {
+    async fn send_sotw(&self, r: &SotwResponse) -> Result<(), End> {
+        self.0.send(Ok(r.frames())).await.map_err(|_| End::Closed)
+    }
+
+    async fn send_delta(&self, r: &DeltaResponse) -> Result<(), End> {
+        self.0.send(Ok(r.frames())).await.map_err(|_| End::Closed)
+    }
+
+    async fn end(&self, status: Status) {
+        let _ = self.0.send(Err(status)).await;
     }
 }
 
@@ -328,7 +331,7 @@ struct SotwType {
 async fn run_sotw<S: SnapshotSource>(
     shared: Arc<Shared<S>>,
     mut requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<SotwResponse, Status>>,
+    tx: Sender,
     peer: Option<SocketAddr>,
 ) {
     let first = match requests.message().await {
@@ -336,17 +339,14 @@ async fn run_sotw<S: SnapshotSource>(
         _ => return,
     };
     let Some(node) = first.node.as_ref() else {
-        let _ = tx
-            .send(Err(Status::invalid_argument(
-                "first request carries no node",
-            )))
+        tx.end(Status::invalid_argument("first request carries no node"))
             .await;
         return;
     };
     let mut conn = match Conn::open(&shared, node, false, peer) {
         Ok(c) => c,
         Err(status) => {
-            let _ = tx.send(Err(status)).await;
+            tx.end(status).await;
             return;
         }
     };
@@ -385,7 +385,7 @@ async fn run_sotw<S: SnapshotSource>(
     .instrument(span)
     .await;
     if let Err(End::Refused(status)) = end {
-        let _ = tx.send(Err(status)).await;
+        tx.end(status).await;
     }
     info!(proxy = %conn.node.id, "proxy disconnected");
 }
@@ -403,7 +403,7 @@ async fn sotw_request(
     conn: &mut Conn,
     types: &mut [SotwType; 5],
     req: DiscoveryRequest,
-    tx: &mpsc::Sender<Result<SotwResponse, Status>>,
+    tx: &Sender,
 ) -> Result<(), End> {
     let Some(t) = XdsType::from_type_url(&req.type_url) else {
         warn!(proxy = %conn.node.id, type_url = %req.type_url, "request for an unsupported type ignored");
@@ -462,7 +462,7 @@ async fn sotw_push(
     types: &mut [SotwType; 5],
     t: XdsType,
     mode: SotwMode,
-    tx: &mpsc::Sender<Result<SotwResponse, Status>>,
+    tx: &Sender,
 ) -> Result<(), End> {
     let Some(snap) = conn.snapshot.clone() else {
         return Ok(());
@@ -535,7 +535,7 @@ async fn sotw_push(
         st.names.len()
     };
     conn.sent(t, &nonce, &version, bytes, holds);
-    tx.send(Ok(resp)).await.map_err(|_| End::Closed)
+    tx.send_sotw(&resp).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -563,7 +563,7 @@ impl DeltaType {
 async fn run_delta<S: SnapshotSource>(
     shared: Arc<Shared<S>>,
     mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaResponse, Status>>,
+    tx: Sender,
     peer: Option<SocketAddr>,
 ) {
     let first = match requests.message().await {
@@ -571,17 +571,14 @@ async fn run_delta<S: SnapshotSource>(
         _ => return,
     };
     let Some(node) = first.node.as_ref() else {
-        let _ = tx
-            .send(Err(Status::invalid_argument(
-                "first request carries no node",
-            )))
+        tx.end(Status::invalid_argument("first request carries no node"))
             .await;
         return;
     };
     let mut conn = match Conn::open(&shared, node, true, peer) {
         Ok(c) => c,
         Err(status) => {
-            let _ = tx.send(Err(status)).await;
+            tx.end(status).await;
             return;
         }
     };
@@ -620,7 +617,7 @@ async fn run_delta<S: SnapshotSource>(
     .instrument(span)
     .await;
     if let Err(End::Refused(status)) = end {
-        let _ = tx.send(Err(status)).await;
+        tx.end(status).await;
     }
     info!(proxy = %conn.node.id, "proxy disconnected");
 }
@@ -629,7 +626,7 @@ async fn delta_request(
     conn: &mut Conn,
     types: &mut [DeltaType; 5],
     req: DeltaDiscoveryRequest,
-    tx: &mpsc::Sender<Result<DeltaResponse, Status>>,
+    tx: &Sender,
 ) -> Result<(), End> {
     let Some(t) = XdsType::from_type_url(&req.type_url) else {
         warn!(proxy = %conn.node.id, type_url = %req.type_url, "request for an unsupported type ignored");
@@ -688,7 +685,7 @@ async fn delta_push(
     types: &mut [DeltaType; 5],
     t: XdsType,
     added: Vec<Arc<str>>,
-    tx: &mpsc::Sender<Result<DeltaResponse, Status>>,
+    tx: &Sender,
 ) -> Result<(), End> {
     let Some(snap) = conn.snapshot.clone() else {
         return Ok(());
@@ -773,5 +770,5 @@ async fn delta_push(
         st.names.len()
     };
     conn.sent(t, &nonce, &version, bytes, holds);
-    tx.send(Ok(resp)).await.map_err(|_| End::Closed)
+    tx.send_delta(&resp).await
 }

@@ -1,13 +1,16 @@
 //! Responses encoded straight from shared, pre-encoded resources.
 //!
 //! The generated `DiscoveryResponse` owns a copy of every resource; with many proxies
-//! receiving the same clusters, those copies dominate memory and CPU. These types implement
-//! `prost::Message` by writing the same wire format from `Arc`ed bytes, so a push copies each
-//! resource exactly once: into the connection's send buffer.
+//! receiving the same clusters, those copies dominate memory and CPU. These types write the
+//! same wire format from the shared bytes instead: [`SotwResponse::frames`] and
+//! [`DeltaResponse::frames`] produce a gRPC message as a list of chunks in which every large
+//! resource is the shared buffer itself, so a push to many proxies copies nothing but the
+//! small framing, and a connection holds references, not copies, until its peer reads them.
+//! They also implement `prost::Message` (a copying encoding of the same bytes).
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
@@ -31,14 +34,88 @@ fn string_len(tag: u32, s: &str) -> usize {
 
 fn put_string(tag: u32, s: &str, buf: &mut impl BufMut) {
     if !s.is_empty() {
-        encoding::string::encode(tag, &s.to_string(), buf);
+        encoding::encode_key(tag, WireType::LengthDelimited, buf);
+        encoding::encode_varint(s.len() as u64, buf);
+        buf.put_slice(s.as_bytes());
     }
 }
 
-fn put_bytes(tag: u32, bytes: &[u8], buf: &mut impl BufMut) {
-    encoding::encode_key(tag, WireType::LengthDelimited, buf);
-    encoding::encode_varint(bytes.len() as u64, buf);
-    buf.put_slice(bytes);
+/// Where a message is written: small fields into a buffer, shared payloads by reference
+/// where the sink can keep them.
+trait Sink {
+    type Buf: BufMut;
+    /// The buffer for small fields.
+    fn buf(&mut self) -> &mut Self::Buf;
+    /// A shared payload.
+    fn shared(&mut self, bytes: &Bytes);
+}
+
+/// Writes everything into one buffer.
+struct Copying<'a, B>(&'a mut B);
+
+impl<B: BufMut> Sink for Copying<'_, B> {
+    type Buf = B;
+    fn buf(&mut self) -> &mut B {
+        self.0
+    }
+    fn shared(&mut self, bytes: &Bytes) {
+        self.0.put_slice(bytes);
+    }
+}
+
+/// Payloads below this size are copied into the framing chunks: a chunk of their own would
+/// cost more than the copy.
+const INLINE_MAX: usize = 1024;
+
+/// A gRPC message as chunks: the 5-byte gRPC header and small fields in freshly written
+/// chunks, large payloads as the shared buffers themselves.
+struct Frames {
+    out: Vec<Bytes>,
+    scratch: BytesMut,
+}
+
+impl Frames {
+    /// Starts a gRPC message of `len` bytes (uncompressed).
+    fn new(len: usize) -> Self {
+        let mut scratch = BytesMut::with_capacity(len.min(4096) + 5);
+        scratch.put_u8(0);
+        // A message never nears 4 GiB: Envoy refuses anything above its gRPC limit first.
+        scratch.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+        Self {
+            out: Vec::new(),
+            scratch,
+        }
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.scratch.is_empty() {
+            self.out.push(self.scratch.freeze());
+        }
+        self.out
+    }
+}
+
+impl Sink for Frames {
+    type Buf = BytesMut;
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self.scratch
+    }
+    fn shared(&mut self, bytes: &Bytes) {
+        if bytes.len() < INLINE_MAX {
+            self.scratch.put_slice(bytes);
+            return;
+        }
+        if !self.scratch.is_empty() {
+            self.out.push(self.scratch.split().freeze());
+        }
+        self.out.push(bytes.clone());
+    }
+}
+
+fn put_bytes(tag: u32, bytes: &Bytes, sink: &mut impl Sink) {
+    encoding::encode_key(tag, WireType::LengthDelimited, sink.buf());
+    encoding::encode_varint(bytes.len() as u64, sink.buf());
+    sink.shared(bytes);
 }
 
 /// `envoy.service.discovery.v3.DiscoveryResponse`, state of the world.
@@ -81,15 +158,28 @@ fn put_control_plane(tag: u32, id: &str, buf: &mut impl BufMut) {
     put_string(1, id, buf);
 }
 
+impl SotwResponse {
+    fn write(&self, sink: &mut impl Sink) {
+        put_string(1, &self.version_info, sink.buf());
+        for r in &self.resources {
+            put_bytes(2, &r.any, sink);
+        }
+        put_string(4, self.type_url, sink.buf());
+        put_string(5, &self.nonce, sink.buf());
+        put_control_plane(6, &self.control_plane, sink.buf());
+    }
+
+    /// The response as a gRPC message in chunks, sharing the resources' bytes.
+    pub fn frames(&self) -> Vec<Bytes> {
+        let mut f = Frames::new(self.encoded_len());
+        self.write(&mut f);
+        f.finish()
+    }
+}
+
 impl Message for SotwResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        put_string(1, &self.version_info, buf);
-        for r in &self.resources {
-            put_bytes(2, &r.any, buf);
-        }
-        put_string(4, self.type_url, buf);
-        put_string(5, &self.nonce, buf);
-        put_control_plane(6, &self.control_plane, buf);
+        self.write(&mut Copying(buf));
     }
 
     fn merge_field(
@@ -149,25 +239,39 @@ fn delta_resource_len(r: &Resource, version: &str) -> usize {
     string_len(1, version) + key_len(2) + ld_len(r.any.len()) + string_len(3, &r.name)
 }
 
-impl Message for DeltaResponse {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        put_string(1, &self.system_version_info, buf);
+impl DeltaResponse {
+    fn write(&self, sink: &mut impl Sink) {
+        put_string(1, &self.system_version_info, sink.buf());
         for r in &self.resources {
             let version = r.version_string();
-            encoding::encode_key(2, WireType::LengthDelimited, buf);
-            encoding::encode_varint(delta_resource_len(r, &version) as u64, buf);
-            put_string(1, &version, buf);
-            put_bytes(2, &r.any, buf);
-            put_string(3, &r.name, buf);
+            encoding::encode_key(2, WireType::LengthDelimited, sink.buf());
+            encoding::encode_varint(delta_resource_len(r, &version) as u64, sink.buf());
+            put_string(1, &version, sink.buf());
+            put_bytes(2, &r.any, sink);
+            put_string(3, &r.name, sink.buf());
         }
-        put_string(4, self.type_url, buf);
-        put_string(5, &self.nonce, buf);
+        put_string(4, self.type_url, sink.buf());
+        put_string(5, &self.nonce, sink.buf());
         for name in &self.removed {
+            let buf = sink.buf();
             encoding::encode_key(6, WireType::LengthDelimited, buf);
             encoding::encode_varint(name.len() as u64, buf);
             buf.put_slice(name.as_bytes());
         }
-        put_control_plane(7, &self.control_plane, buf);
+        put_control_plane(7, &self.control_plane, sink.buf());
+    }
+
+    /// The response as a gRPC message in chunks, sharing the resources' bytes.
+    pub fn frames(&self) -> Vec<Bytes> {
+        let mut f = Frames::new(self.encoded_len());
+        self.write(&mut f);
+        f.finish()
+    }
+}
+
+impl Message for DeltaResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        self.write(&mut Copying(buf));
     }
 
     fn merge_field(
@@ -245,6 +349,64 @@ mod tests {
             .map(|a| Cluster::decode(a.value.as_slice()).expect("cluster").name)
             .collect();
         assert_eq!(names, ["a", "b"]);
+    }
+
+    fn joined(frames: &[Bytes]) -> Vec<u8> {
+        frames.iter().flat_map(|b| b.iter().copied()).collect()
+    }
+
+    /// A large resource of `n` bytes (a cluster with a long name).
+    fn big(name: &str, n: usize) -> Arc<Resource> {
+        Resource::encode(
+            name,
+            &Cluster {
+                name: format!("{name}{}", "x".repeat(n)),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn frames_are_the_grpc_message_and_share_large_resources() {
+        let (small, large) = (cluster("a"), big("b", 4000));
+        for resources in [
+            vec![],
+            vec![small.clone()],
+            vec![small.clone(), large.clone(), small.clone()],
+        ] {
+            let resp = SotwResponse {
+                version_info: "v1".into(),
+                resources,
+                type_url: strait_translate::CLUSTER_TYPE,
+                nonce: "7".into(),
+                control_plane: "strait".into(),
+            };
+            let frames = resp.frames();
+            let bytes = joined(&frames);
+            assert_eq!(bytes[0], 0, "not compressed");
+            let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+            assert_eq!(len, bytes.len() - 5);
+            assert_eq!(&bytes[5..], resp.encode_to_vec().as_slice());
+            // The large resource travels as its own buffer, not a copy.
+            let shared = frames.iter().any(|f| f.as_ptr() == large.any.as_ptr());
+            assert_eq!(
+                shared,
+                resp.resources.iter().any(|r| r.any.len() >= INLINE_MAX)
+            );
+        }
+        let delta = DeltaResponse {
+            system_version_info: "s".into(),
+            resources: vec![large.clone(), small],
+            type_url: strait_translate::CLUSTER_TYPE,
+            nonce: "3".into(),
+            removed: vec![Arc::from("gone"), Arc::from("")],
+            control_plane: "strait".into(),
+        };
+        let bytes = joined(&delta.frames());
+        assert_eq!(&bytes[5..], delta.encode_to_vec().as_slice());
+        assert_eq!(bytes.len() - 5, delta.encoded_len());
+        let d = DeltaDiscoveryResponse::decode(&bytes[5..]).expect("decodes");
+        assert_eq!(d.removed_resources, ["gone", ""]);
     }
 
     #[test]
