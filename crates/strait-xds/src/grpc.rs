@@ -1,19 +1,154 @@
-//! The gRPC plumbing of the ADS streams, done by hand where tonic would copy.
+//! The gRPC plumbing of the ADS streams, done by hand where tonic would keep buffers.
 //!
-//! Requests are decoded with tonic's streaming decoder. Responses are written as chunks
-//! straight into the HTTP/2 body ([`ResponseBody`]): tonic's encoder would copy every
-//! response into a per-stream buffer that keeps the size of the largest response for the
-//! life of the stream, which with thousands of proxies is most of the control plane's memory.
+//! tonic's codecs keep, per stream, a decode buffer the size of the largest request and an
+//! encode buffer the size of the largest response, for the life of the stream; with thousands
+//! of proxies (whose state-of-the-world EDS requests list every cluster name) those buffers
+//! are most of the control plane's memory. Here requests are cut out of the body's own chunks
+//! ([`RequestReader`]) and dropped once handled, and responses are written as chunks straight
+//! into the HTTP/2 body ([`ResponseBody`]).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::Frame;
+use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::codegen::http;
+
+/// Reads length-prefixed gRPC messages from a request body.
+pub struct RequestReader<B> {
+    body: Pin<Box<B>>,
+    chunks: VecDeque<Bytes>,
+    buffered: usize,
+    max: usize,
+    ended: bool,
+}
+
+impl<B> RequestReader<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    /// A reader refusing messages above `max` bytes.
+    pub fn new(body: B, max: usize) -> Self {
+        Self {
+            body: Box::pin(body),
+            chunks: VecDeque::new(),
+            buffered: 0,
+            max,
+            ended: false,
+        }
+    }
+
+    /// The next message, `None` at the end of the stream.
+    pub async fn message(&mut self) -> Result<Option<Bytes>, Status> {
+        loop {
+            if self.buffered >= 5 {
+                let mut header = [0u8; 5];
+                self.peek(&mut header);
+                if header[0] != 0 {
+                    return Err(Status::unimplemented(
+                        "compressed requests are not supported",
+                    ));
+                }
+                let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+                if len > self.max {
+                    return Err(Status::resource_exhausted(format!(
+                        "request of {len} bytes exceeds the limit of {} bytes",
+                        self.max
+                    )));
+                }
+                if self.buffered >= 5 + len {
+                    self.advance(5);
+                    return Ok(Some(self.take(len)));
+                }
+            }
+            if self.ended {
+                return if self.buffered == 0 {
+                    Ok(None)
+                } else {
+                    Err(Status::internal("request stream ended inside a message"))
+                };
+            }
+            match self.body.frame().await {
+                None => self.ended = true,
+                Some(Err(e)) => {
+                    let e: tonic::codegen::StdError = e.into();
+                    return Err(Status::unavailable(format!("request stream: {e}")));
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        let chunk = data.copy_to_bytes(data.remaining());
+                        if !chunk.is_empty() {
+                            self.buffered += chunk.len();
+                            self.chunks.push_back(chunk);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn peek(&self, out: &mut [u8]) {
+        let mut filled = 0;
+        for c in &self.chunks {
+            let n = (out.len() - filled).min(c.len());
+            out[filled..filled + n].copy_from_slice(&c[..n]);
+            filled += n;
+            if filled == out.len() {
+                return;
+            }
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.buffered -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            if front.len() > n {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.chunks.pop_front();
+        }
+    }
+
+    /// The next `n` buffered bytes: the chunk itself when the message lies in one.
+    fn take(&mut self, n: usize) -> Bytes {
+        if let Some(front) = self.chunks.front_mut()
+            && front.len() >= n
+        {
+            let out = front.split_to(n);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            self.buffered -= n;
+            return out;
+        }
+        let mut out = BytesMut::with_capacity(n);
+        let mut need = n;
+        while need > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let k = need.min(front.len());
+            out.extend_from_slice(&front[..k]);
+            front.advance(k);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            need -= k;
+        }
+        self.buffered -= n - need;
+        out.freeze()
+    }
+}
 
 /// What a stream's task hands to its response body: a message as chunks, or the end.
 pub type Outgoing = Result<Vec<Bytes>, Status>;
@@ -96,7 +231,64 @@ pub fn response(body: ResponseBody) -> http::Response<tonic::body::Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
+    use http_body_util::StreamBody;
+
+    fn framed(msg: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8];
+        v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        v.extend_from_slice(msg);
+        v
+    }
+
+    fn body_of(
+        chunks: Vec<Vec<u8>>,
+    ) -> impl http_body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + 'static {
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = chunks
+            .into_iter()
+            .map(|c| Ok(Frame::data(Bytes::from(c))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn messages_split_and_joined_across_chunks() {
+        let mut all = framed(b"hello");
+        all.extend(framed(b""));
+        all.extend(framed(&[7u8; 300]));
+        // Every way of cutting the stream in two gives the same messages.
+        for cut in 0..all.len() {
+            let mut r = RequestReader::new(
+                body_of(vec![all[..cut].to_vec(), all[cut..].to_vec()]),
+                1000,
+            );
+            assert_eq!(
+                r.message().await.expect("ok").as_deref(),
+                Some(&b"hello"[..])
+            );
+            assert_eq!(r.message().await.expect("ok").as_deref(), Some(&b""[..]));
+            assert_eq!(r.message().await.expect("ok").map(|m| m.len()), Some(300));
+            assert!(r.message().await.expect("ok").is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_compressed_and_truncated_are_refused() {
+        let mut r = RequestReader::new(body_of(vec![framed(&[1u8; 50])]), 10);
+        assert_eq!(
+            r.message().await.expect_err("too big").code(),
+            tonic::Code::ResourceExhausted
+        );
+        let mut c = framed(b"x");
+        c[0] = 1;
+        let mut r = RequestReader::new(body_of(vec![c]), 10);
+        assert_eq!(
+            r.message().await.expect_err("compressed").code(),
+            tonic::Code::Unimplemented
+        );
+        let t = framed(b"abcdef");
+        let mut r = RequestReader::new(body_of(vec![t[..7].to_vec()]), 10);
+        assert!(r.message().await.is_err());
+    }
 
     #[tokio::test]
     async fn chunks_then_status_trailers() {

@@ -12,20 +12,21 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use prost::Message;
 use tokio::sync::{mpsc, watch};
+use tonic::Status;
 use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
-use tonic::{Status, Streaming};
-use tonic_prost::ProstDecoder;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use strait_model::ProxyNode;
 
-use crate::grpc::{self, Outgoing, ResponseBody};
+use crate::grpc::{self, Outgoing, RequestReader, ResponseBody};
 use crate::metrics::XdsMetrics;
 use crate::node::proxy_node;
+use crate::request::{NameSet, NameSets, SotwRequest};
 use crate::resource::{ProxySnapshot, Resource, TypeView, XdsType};
 use crate::status::{ConnectionStatus, Nack, SyncRegistry, now_secs};
 use crate::wire::{DeltaResponse, SotwResponse};
@@ -77,6 +78,7 @@ struct Shared<S> {
     registry: Arc<SyncRegistry>,
     metrics: Arc<XdsMetrics>,
     closing: watch::Receiver<bool>,
+    names: Arc<NameSets>,
 }
 
 /// The ADS service, ready to add to a tonic server.
@@ -108,6 +110,7 @@ impl<S: SnapshotSource> AdsService<S> {
                 registry,
                 metrics,
                 closing,
+                names: Arc::default(),
             }),
         }
     }
@@ -143,21 +146,11 @@ where
             let (tx, rx) = mpsc::channel(SEND_QUEUE);
             match path.as_str() {
                 SOTW_PATH => {
-                    let requests = Streaming::new_request(
-                        ProstDecoder::<DiscoveryRequest>::default(),
-                        body,
-                        None,
-                        Some(MAX_REQUEST),
-                    );
+                    let requests = RequestReader::new(body, MAX_REQUEST);
                     tokio::spawn(run_sotw(shared, requests, Sender(tx), peer));
                 }
                 DELTA_PATH => {
-                    let requests = Streaming::new_request(
-                        ProstDecoder::<DeltaDiscoveryRequest>::default(),
-                        body,
-                        None,
-                        Some(MAX_REQUEST),
-                    );
+                    let requests = RequestReader::new(body, MAX_REQUEST);
                     tokio::spawn(run_delta(shared, requests, Sender(tx), peer));
                 }
                 _ => return Ok(Status::unimplemented("unknown method").into_http()),
@@ -203,6 +196,7 @@ struct Conn {
     registry: Arc<SyncRegistry>,
     metrics: Arc<XdsMetrics>,
     sub: Subscription,
+    names: Arc<NameSets>,
     snapshot: Option<Arc<ProxySnapshot>>,
     nonce: u64,
     /// Recent responses not yet acknowledged, per type: (nonce, version). Delta ACKs name
@@ -244,6 +238,7 @@ impl Conn {
             registry: shared.registry.clone(),
             metrics: shared.metrics.clone(),
             sub,
+            names: shared.names.clone(),
             snapshot: None,
             nonce: 0,
             inflight: Default::default(),
@@ -322,21 +317,51 @@ impl Conn {
 struct SotwType {
     subscribed: bool,
     /// Requested names (EDS, RDS); CDS and LDS are always wildcard.
-    names: BTreeSet<Arc<str>>,
+    names: Arc<NameSet>,
     /// The view the proxy holds (None: nothing sent yet, or a full resend is due).
     sent: Option<TypeView>,
     nonce: Option<String>,
 }
 
-async fn run_sotw<S: SnapshotSource>(
+/// The next request of a stream, decoded with `decode`. `Ok(None)`: the proxy closed it.
+async fn next_request<B, T, E: std::fmt::Display>(
+    requests: &mut RequestReader<B>,
+    decode: impl FnOnce(bytes::Bytes) -> Result<T, E>,
+) -> Result<Option<T>, End>
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    match requests.message().await {
+        Ok(Some(bytes)) => decode(bytes).map(Some).map_err(|e| {
+            End::Refused(Status::invalid_argument(format!(
+                "undecodable request: {e}"
+            )))
+        }),
+        Ok(None) => Ok(None),
+        Err(status) => {
+            debug!(%status, "stream error");
+            Err(End::Closed)
+        }
+    }
+}
+
+async fn run_sotw<S: SnapshotSource, B>(
     shared: Arc<Shared<S>>,
-    mut requests: Streaming<DiscoveryRequest>,
+    mut requests: RequestReader<B>,
     tx: Sender,
     peer: Option<SocketAddr>,
-) {
-    let first = match requests.message().await {
+) where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    let first = match next_request(&mut requests, SotwRequest::decode).await {
         Ok(Some(r)) => r,
-        _ => return,
+        Ok(None) | Err(End::Closed) => return,
+        Err(End::Refused(status)) => {
+            tx.end(status).await;
+            return;
+        }
     };
     let Some(node) = first.node.as_ref() else {
         tx.end(Status::invalid_argument("first request carries no node"))
@@ -362,13 +387,9 @@ async fn run_sotw<S: SnapshotSource>(
             }
             tokio::select! {
                 _ = closing.changed() => {}
-                req = requests.message() => match req {
-                    Ok(Some(r)) => sotw_request(&mut conn, &mut types, r, &tx).await?,
-                    Ok(None) => return Err(End::Closed),
-                    Err(status) => {
-                        debug!(%status, "stream error");
-                        return Err(End::Closed);
-                    }
+                req = next_request(&mut requests, SotwRequest::decode) => match req? {
+                    Some(r) => sotw_request(&mut conn, &mut types, r, &tx).await?,
+                    None => return Err(End::Closed),
                 },
                 changed = conn.sub.snapshots.changed() => {
                     if changed.is_err() {
@@ -402,7 +423,7 @@ enum SotwMode {
 async fn sotw_request(
     conn: &mut Conn,
     types: &mut [SotwType; 5],
-    req: DiscoveryRequest,
+    req: SotwRequest,
     tx: &Sender,
 ) -> Result<(), End> {
     let Some(t) = XdsType::from_type_url(&req.type_url) else {
@@ -429,10 +450,23 @@ async fn sotw_request(
     let mode = if t.is_wildcard_type() {
         initial.then_some(SotwMode::Full)
     } else {
-        let view = conn.snapshot.as_ref().map(|s| s.view(t));
-        let new: BTreeSet<Arc<str>> = req.resource_names.iter().map(|n| intern(view, n)).collect();
-        let added: Vec<Arc<str>> = new.difference(&st.names).cloned().collect();
-        st.names = new;
+        // Most requests (every ACK) list the names the proxy listed before: compare hashes,
+        // and look at the names only when they differ.
+        let added: Vec<Arc<str>> = if req.names_hash() == st.names.hash() {
+            Vec::new()
+        } else {
+            let view = conn.snapshot.as_ref().map(|s| s.view(t));
+            let new = conn
+                .names
+                .intern(req.names().map(|n| intern(view, n)).collect());
+            let added = new
+                .iter()
+                .filter(|n| !st.names.contains(n))
+                .cloned()
+                .collect();
+            st.names = new;
+            added
+        };
         if initial || st.sent.is_none() {
             Some(SotwMode::Full)
         } else if !added.is_empty() {
@@ -504,7 +538,7 @@ async fn sotw_push(
                 view.diff(sent)
                     .changed
                     .iter()
-                    .filter(|n| st.names.contains(*n))
+                    .filter(|n| st.names.contains(n))
                     .filter_map(|n| view.get(n).cloned())
                     .collect()
             }
@@ -560,15 +594,26 @@ impl DeltaType {
     }
 }
 
-async fn run_delta<S: SnapshotSource>(
+fn decode_delta(b: bytes::Bytes) -> Result<DeltaDiscoveryRequest, prost::DecodeError> {
+    DeltaDiscoveryRequest::decode(b)
+}
+
+async fn run_delta<S: SnapshotSource, B>(
     shared: Arc<Shared<S>>,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
+    mut requests: RequestReader<B>,
     tx: Sender,
     peer: Option<SocketAddr>,
-) {
-    let first = match requests.message().await {
+) where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    let first = match next_request(&mut requests, decode_delta).await {
         Ok(Some(r)) => r,
-        _ => return,
+        Ok(None) | Err(End::Closed) => return,
+        Err(End::Refused(status)) => {
+            tx.end(status).await;
+            return;
+        }
     };
     let Some(node) = first.node.as_ref() else {
         tx.end(Status::invalid_argument("first request carries no node"))
@@ -594,13 +639,9 @@ async fn run_delta<S: SnapshotSource>(
             }
             tokio::select! {
                 _ = closing.changed() => {}
-                req = requests.message() => match req {
-                    Ok(Some(r)) => delta_request(&mut conn, &mut types, r, &tx).await?,
-                    Ok(None) => return Err(End::Closed),
-                    Err(status) => {
-                        debug!(%status, "stream error");
-                        return Err(End::Closed);
-                    }
+                req = next_request(&mut requests, decode_delta) => match req? {
+                    Some(r) => delta_request(&mut conn, &mut types, r, &tx).await?,
+                    None => return Err(End::Closed),
                 },
                 changed = conn.sub.snapshots.changed() => {
                     if changed.is_err() {
