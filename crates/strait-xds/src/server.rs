@@ -29,7 +29,7 @@ use crate::node::proxy_node;
 use crate::request::{NameSet, NameSets, SotwRequest};
 use crate::resource::{ProxySnapshot, Resource, TypeView, XdsType};
 use crate::status::{ConnectionStatus, Nack, SyncRegistry, now_secs};
-use crate::wire::{DeltaResponse, SotwResponse};
+use crate::wire::{DeltaResponse, Sections, SotwResponse};
 
 /// Where the server gets each proxy's snapshots.
 pub trait SnapshotSource: Send + Sync + 'static {
@@ -79,6 +79,7 @@ struct Shared<S> {
     metrics: Arc<XdsMetrics>,
     closing: watch::Receiver<bool>,
     names: Arc<NameSets>,
+    sections: Arc<Sections>,
 }
 
 /// The ADS service, ready to add to a tonic server.
@@ -111,6 +112,7 @@ impl<S: SnapshotSource> AdsService<S> {
                 metrics,
                 closing,
                 names: Arc::default(),
+                sections: Arc::default(),
             }),
         }
     }
@@ -167,12 +169,18 @@ const MAX_REQUEST: usize = 16 << 20;
 struct Sender(mpsc::Sender<Outgoing>);
 
 impl Sender {
-    async fn send_sotw(&self, r: &SotwResponse) -> Result<(), End> {
-        self.0.send(Ok(r.frames())).await.map_err(|_| End::Closed)
+    async fn send_sotw(&self, r: &SotwResponse, sections: &Sections) -> Result<(), End> {
+        self.0
+            .send(Ok(r.frames(Some(sections))))
+            .await
+            .map_err(|_| End::Closed)
     }
 
-    async fn send_delta(&self, r: &DeltaResponse) -> Result<(), End> {
-        self.0.send(Ok(r.frames())).await.map_err(|_| End::Closed)
+    async fn send_delta(&self, r: &DeltaResponse, sections: &Sections) -> Result<(), End> {
+        self.0
+            .send(Ok(r.frames(Some(sections))))
+            .await
+            .map_err(|_| End::Closed)
     }
 
     async fn end(&self, status: Status) {
@@ -197,6 +205,7 @@ struct Conn {
     metrics: Arc<XdsMetrics>,
     sub: Subscription,
     names: Arc<NameSets>,
+    sections: Arc<Sections>,
     snapshot: Option<Arc<ProxySnapshot>>,
     nonce: u64,
     /// Recent responses not yet acknowledged, per type: (nonce, version). Delta ACKs name
@@ -239,6 +248,7 @@ impl Conn {
             metrics: shared.metrics.clone(),
             sub,
             names: shared.names.clone(),
+            sections: shared.sections.clone(),
             snapshot: None,
             nonce: 0,
             inflight: Default::default(),
@@ -569,7 +579,7 @@ async fn sotw_push(
         st.names.len()
     };
     conn.sent(t, &nonce, &version, bytes, holds);
-    tx.send_sotw(&resp).await
+    tx.send_sotw(&resp, &conn.sections).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -811,5 +821,5 @@ async fn delta_push(
         st.names.len()
     };
     conn.sent(t, &nonce, &version, bytes, holds);
-    tx.send_delta(&resp).await
+    tx.send_delta(&resp, &conn.sections).await
 }
