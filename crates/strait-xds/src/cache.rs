@@ -844,7 +844,7 @@ mod tests {
         );
         assert!(d.removed.is_empty());
         // The diff came from the patch record, not a full comparison.
-        assert!(s2.view(XdsType::Endpoint).layers[0].base.is_some());
+        assert!(!s2.view(XdsType::Endpoint).layers[0].history.is_empty());
     }
 
     #[test]

@@ -465,10 +465,18 @@ async fn sotw_request(
         let added: Vec<Arc<str>> = if req.names_hash() == st.names.hash() {
             Vec::new()
         } else {
-            let view = conn.snapshot.as_ref().map(|s| s.view(t));
-            let new = conn
-                .names
-                .intern(req.names().map(|n| intern(view, n)).collect());
+            // Another proxy may have subscribed to exactly these names already.
+            let new = match conn.names.find(req.names_hash()) {
+                Some(set) => set,
+                None => {
+                    let view = conn.snapshot.as_ref().map(|s| s.view(t));
+                    let names = req.names().map_err(|e| {
+                        End::Refused(Status::invalid_argument(format!("resource names: {e}")))
+                    })?;
+                    conn.names
+                        .intern(names.into_iter().map(|n| intern(view, n)).collect())
+                }
+            };
             let added = new
                 .iter()
                 .filter(|n| !st.names.contains(n))
