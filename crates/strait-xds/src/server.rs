@@ -7,7 +7,7 @@
 //! channel: a slow proxy slows only its own task, and because snapshots arrive on a `watch`
 //! channel, a proxy that falls behind skips intermediate versions instead of queueing them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -598,7 +598,7 @@ async fn sotw_push(
 struct DeltaType {
     subscribed: bool,
     wildcard: bool,
-    names: BTreeSet<Arc<str>>,
+    names: Arc<NameSet>,
     /// What the proxy holds: `sent` restricted to its interest (None: unknown, resync due).
     sent: Option<TypeView>,
     /// Versions the proxy declared it already has, used for its first response.
@@ -715,19 +715,28 @@ async fn delta_request(
     for n in &req.resource_names_subscribe {
         if n == "*" {
             st.wildcard = true;
-            continue;
-        }
-        let name = intern(view, n);
-        if st.names.insert(name.clone()) {
-            added.push(name);
+        } else if !st.names.contains(n) && !added.iter().any(|a: &Arc<str>| **a == **n) {
+            added.push(intern(view, n));
         }
     }
+    let mut removed: Vec<&str> = Vec::new();
     for n in &req.resource_names_unsubscribe {
         if n == "*" {
             st.wildcard = false;
-        } else {
-            st.names.remove(n.as_str());
+        } else if st.names.contains(n) {
+            removed.push(n);
         }
+    }
+    if !added.is_empty() || !removed.is_empty() {
+        // Subscriptions are shared between proxies holding the same: rebuild and re-intern.
+        let names: Vec<Arc<str>> = st
+            .names
+            .iter()
+            .filter(|n| !removed.contains(&&***n))
+            .chain(added.iter())
+            .cloned()
+            .collect();
+        st.names = conn.names.intern(names);
     }
     if first {
         // The first response is due even when it carries nothing.
@@ -776,7 +785,7 @@ async fn delta_push(
                     removed.push(Arc::from(name.as_str()));
                 }
             }
-            for n in &st.names {
+            for n in st.names.iter() {
                 if view.get(n).is_none() && !removed.contains(n) {
                     removed.push(n.clone());
                 }
