@@ -67,6 +67,11 @@ pub struct ChangeSet {
     pub config: BTreeSet<Kind>,
     /// Pods changed (identity, labels or IPs of workloads).
     pub workloads: bool,
+    /// The IPs of the workloads that changed.
+    pub workload_ips: BTreeSet<std::net::IpAddr>,
+    /// Any workload may have changed (a Node's locality, say), not only those at
+    /// `workload_ips`.
+    pub all_workloads: bool,
     /// Secrets changed.
     pub secrets: bool,
     /// Namespaces changed.
@@ -98,6 +103,22 @@ impl ChangeSet {
             && !self.namespaces
     }
 
+    /// True when a proxy at `ips` resolves to the same workload, namespace, labels and
+    /// locality, and falls in the same class, as before this change.
+    pub fn keeps_proxy(&self, ips: &[std::net::IpAddr]) -> bool {
+        !self.full
+            && self.config.is_empty()
+            && !self.namespaces
+            && !self.all_workloads
+            && !ips.iter().any(|ip| self.workload_ips.contains(ip))
+    }
+
+    /// True when the inbound side of a proxy at `ips` (its own workload's listeners and
+    /// clusters) is as before this change.
+    pub fn keeps_inbound(&self, ips: &[std::net::IpAddr]) -> bool {
+        self.keeps_proxy(ips) && self.services.is_empty()
+    }
+
     /// Folds `other` into `self`.
     pub fn merge(&mut self, other: ChangeSet) {
         self.full |= other.full;
@@ -105,6 +126,8 @@ impl ChangeSet {
         self.endpoints.extend(other.endpoints);
         self.config.extend(other.config);
         self.workloads |= other.workloads;
+        self.workload_ips.extend(other.workload_ips);
+        self.all_workloads |= other.all_workloads;
         self.secrets |= other.secrets;
         self.namespaces |= other.namespaces;
     }

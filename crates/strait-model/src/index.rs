@@ -339,6 +339,7 @@ impl MeshIndex {
                 let w = Workload::from_k8s(&p, cluster);
                 if self.pods.get(&key).map(|o| **o != w).unwrap_or(true) {
                     self.remove_pod(&key);
+                    self.pending.workload_ips.extend(w.ips.iter().copied());
                     if !w.host_network {
                         for ip in &w.ips {
                             self.pods_by_ip
@@ -1020,6 +1021,7 @@ impl MeshIndex {
         let Some(old) = self.pods.remove(key) else {
             return false;
         };
+        self.pending.workload_ips.extend(old.ips.iter().copied());
         let cluster = key.0.clone();
         for ip in &old.ips {
             let ipk = (cluster.clone(), *ip);
@@ -1081,7 +1083,9 @@ impl MeshIndex {
                 self.dirty_endpoints.insert(svc.clone());
             }
         }
+        // Workloads on the node moved locality: any proxy may resolve differently.
         self.pending.workloads = true;
+        self.pending.all_workloads = true;
     }
 
     fn apply_configmap(&mut self, cluster: &ClusterId, cm: &core::ConfigMap) {

@@ -84,6 +84,7 @@ pub struct DirSource {
     /// What the index holds from this source.
     applied: HashMap<ObjectRef, Arc<Object>>,
     problems: Problems,
+    scans: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn fingerprint(path: &Path, content: Option<&[u8]>) -> Option<Fingerprint> {
@@ -133,6 +134,7 @@ impl DirSource {
             files: BTreeMap::new(),
             applied: HashMap::new(),
             problems: Problems::default(),
+            scans: Arc::default(),
         }
     }
 
@@ -141,8 +143,15 @@ impl DirSource {
         self.problems.clone()
     }
 
+    /// A counter of directory scans, readable while the source runs.
+    pub fn scan_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.scans.clone()
+    }
+
     /// Reads what changed on disk and returns the events that bring the index up to date.
     pub fn scan(&mut self) -> Result<Vec<Event>> {
+        self.scans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut paths = Vec::new();
         list_manifests(&self.root, &mut paths).map_err(|source| Error::Io {
             path: self.root.clone(),
@@ -321,7 +330,9 @@ impl DirSource {
         }
         let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<()>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Reads (our own scans open every file) change nothing: reacting to them would
+            // make each scan trigger the next.
+            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
                 let _ = notify_tx.send(());
             }
         })
@@ -517,6 +528,41 @@ mod tests {
         assert!(
             matches!(next.map(|e| e.event), Some(Event::Apply(o)) if o.reference().name == "b")
         );
+        task.abort();
+    }
+
+    /// An idle directory is not rescanned: the source's own reads must not look like
+    /// changes (inotify reports opens).
+    #[tokio::test]
+    async fn idle_directory_is_not_rescanned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for i in 0..20 {
+            write(dir.path(), &format!("{i}.yaml"), &svc(&format!("s{i}"), 80));
+        }
+        let src = DirSource::new(
+            dir.path(),
+            DirOptions {
+                poll_interval: Duration::from_secs(3600),
+                ..DirOptions::default()
+            },
+        );
+        let scans = src.scan_counter();
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = tokio::spawn(src.run(tx));
+        while !matches!(rx.recv().await.map(|e| e.event), Some(Event::Synced) | None) {}
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let settled = scans.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            scans.load(std::sync::atomic::Ordering::Relaxed),
+            settled,
+            "no scans while nothing changes"
+        );
+        write(dir.path(), "new.yaml", &svc("new", 80));
+        let next = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("change seen");
+        assert!(matches!(next.map(|e| e.event), Some(Event::Apply(_))));
         task.abort();
     }
 }

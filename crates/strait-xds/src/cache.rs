@@ -395,9 +395,10 @@ impl ConfigCache {
         if changes.full {
             self.static_clusters.clear();
         }
-        if structural || changes.workloads || changes.namespaces {
-            // Listeners and routes depend on services and config; inbound routing and source
-            // conditions on workloads.
+        if structural || changes.namespaces {
+            // Listeners and routes depend on services, config and namespaces. Not on other
+            // pods: a proxy's own workload (labels, for source-conditioned rules) is part of
+            // its class, and its inbound side is in its own layers.
             self.classes.clear();
         }
         if structural {
@@ -597,15 +598,30 @@ impl ConfigCache {
         proxy: &Proxy,
         own: Option<OwnLayers>,
     ) -> (ProxySnapshot, OwnLayers) {
-        let own = own.unwrap_or_else(|| self.own_layers(proxy));
         let class = ProxyClass::of(proxy, &self.mesh, &self.config);
+        self.proxy_snapshot_for(proxy, &class, own)
+    }
+
+    /// The class of a proxy in the current snapshot.
+    pub fn class_of(&self, proxy: &Proxy) -> ProxyClass {
+        ProxyClass::of(proxy, &self.mesh, &self.config)
+    }
+
+    /// The snapshot of one proxy whose class is known.
+    pub fn proxy_snapshot_for(
+        &mut self,
+        proxy: &Proxy,
+        class: &ProxyClass,
+        own: Option<OwnLayers>,
+    ) -> (ProxySnapshot, OwnLayers) {
+        let own = own.unwrap_or_else(|| self.own_layers(proxy));
         let (cds, eds, mut secret_names) = {
-            let visible = self.visible(&class, proxy);
+            let visible = self.visible(class, proxy);
             let s = self.scope(class.dr_scope, visible, proxy);
             (s.cds.clone(), s.eds.clone(), s.secrets.clone())
         };
-        let visible = self.visible(&class, proxy);
-        let (listeners, routes, gw_secrets) = self.class_layers(&class, proxy, &visible);
+        let visible = self.visible(class, proxy);
+        let (listeners, routes, gw_secrets) = self.class_layers(class, proxy, &visible);
         secret_names.extend(gw_secrets);
         let static_clusters = if proxy.node.kind == ProxyKind::Sidecar {
             self.static_layer(proxy.node.interception)
@@ -844,7 +860,7 @@ mod tests {
         );
         assert!(d.removed.is_empty());
         // The diff came from the patch record, not a full comparison.
-        assert!(s2.view(XdsType::Endpoint).layers[0].base.is_some());
+        assert!(!s2.view(XdsType::Endpoint).layers[0].history.is_empty());
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //! over [`SnapshotSource`]; it knows nothing about where configuration comes from.
 
 mod cache;
+mod grpc;
 mod metrics;
 mod node;
 mod push;
+mod request;
 mod resource;
 mod server;
 mod status;

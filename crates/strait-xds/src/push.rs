@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use strait_model::{ChangeSet, ClusterEvent, Event, MeshIndex, MeshSnapshot, Proxy, ProxyNode};
+use strait_translate::ProxyClass;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -41,6 +42,8 @@ struct ProxyEntry {
     node: Arc<ProxyNode>,
     tx: watch::Sender<Option<Arc<ProxySnapshot>>>,
     own: Option<OwnLayers>,
+    /// The proxy as last resolved, with its class: reused while changes cannot affect them.
+    resolved: Option<(Proxy, ProxyClass)>,
 }
 
 struct State {
@@ -104,14 +107,26 @@ impl PushController {
         let state = &mut *state;
         state.cache.update(mesh.clone(), changes);
         state.mesh = Some(mesh.clone());
-        // Inbound layers depend on services, workloads and the mesh config, not endpoints.
-        let keep_own = changes.is_endpoints_only();
         let mut sent = 0usize;
         for entry in state.proxies.values_mut() {
-            let proxy = Proxy::resolve(entry.node.clone(), &mesh);
-            let own = if keep_own { entry.own.clone() } else { None };
-            let (snap, own) = state.cache.proxy_snapshot(&proxy, own);
+            let ips = &entry.node.ips;
+            let (proxy, class) = match entry.resolved.take() {
+                Some(r) if changes.keeps_proxy(ips) => r,
+                _ => {
+                    let proxy = Proxy::resolve(entry.node.clone(), &mesh);
+                    let class = state.cache.class_of(&proxy);
+                    (proxy, class)
+                }
+            };
+            // Inbound layers depend on services, the proxy's own workload and config.
+            let own = if changes.keeps_inbound(ips) {
+                entry.own.clone()
+            } else {
+                None
+            };
+            let (snap, own) = state.cache.proxy_snapshot_for(&proxy, &class, own);
             entry.own = Some(own);
+            entry.resolved = Some((proxy, class));
             let unchanged = entry.tx.borrow().as_ref().is_some_and(|old| {
                 XdsType::ALL
                     .iter()
@@ -246,16 +261,135 @@ impl SnapshotSource for PushController {
         state.next_id += 1;
         let (tx, rx) = watch::channel(None);
         let mut own = None;
+        let mut resolved = None;
         if let Some(mesh) = state.mesh.clone() {
             let proxy = Proxy::resolve(node.clone(), &mesh);
-            let (snap, layers) = state.cache.proxy_snapshot(&proxy, None);
+            let class = state.cache.class_of(&proxy);
+            let (snap, layers) = state.cache.proxy_snapshot_for(&proxy, &class, None);
             own = Some(layers);
+            resolved = Some((proxy, class));
             tx.send_replace(Some(Arc::new(snap)));
         }
-        state.proxies.insert(id, ProxyEntry { node, tx, own });
+        state.proxies.insert(
+            id,
+            ProxyEntry {
+                node,
+                tx,
+                own,
+                resolved,
+            },
+        );
         let inner = self.inner.clone();
         Subscription::new(rx, move || {
             lock(&inner.state).proxies.remove(&id);
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::XdsType;
+    use strait_model::IndexOptions;
+    use strait_model::testing::{mk_pod, mk_service, mk_slice};
+
+    fn node(ip: &str, pod: &str) -> Arc<ProxyNode> {
+        Arc::new(
+            ProxyNode::parse(
+                &format!("sidecar~{ip}~{pod}.shop~shop.svc.cluster.local"),
+                &serde_json::Map::new(),
+                None,
+                None,
+            )
+            .expect("node"),
+        )
+    }
+
+    fn object(json: serde_json::Value) -> strait_api::Object {
+        strait_api::parse_object(json, "default")
+            .expect("parses")
+            .object
+    }
+
+    /// What a proxy is sent after pushes that reuse its resolution equals a fresh build:
+    /// its own pod's new labels change its routes (source-conditioned rules), another pod's
+    /// do not.
+    #[test]
+    fn reused_resolution_follows_the_proxys_own_pod() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = XdsMetrics::register(&mut registry);
+        let push = PushController::new(metrics, SyncRegistry::new("t", "default"));
+        let mut index = MeshIndex::new(IndexOptions::default());
+        index.apply(mk_service("web", "shop", &[8080]));
+        index.apply(mk_slice("web-1", "shop", "web", &["10.0.0.9"], &[8080]));
+        index.apply(mk_pod(
+            "client-0",
+            "shop",
+            "10.0.0.1",
+            &[("app", "client"), ("tier", "free")],
+            "n",
+        ));
+        index.apply(mk_pod(
+            "other-0",
+            "shop",
+            "10.0.0.2",
+            &[("app", "other")],
+            "n",
+        ));
+        index.apply(object(serde_json::json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"hosts": ["web"], "http": [
+                {"match": [{"sourceLabels": {"tier": "gold"}}], "fault": {"abort": {"httpStatus": 418, "percentage": {"value": 100}}}, "route": [{"destination": {"host": "web"}}]},
+                {"route": [{"destination": {"host": "web"}}]}]}
+        })));
+        let (mesh, changes) = index.snapshot();
+        push.push(mesh, &changes);
+        let sub = push.subscribe(node("10.0.0.1", "client-0"));
+        let routes = |sub: &Subscription| {
+            sub.snapshots
+                .borrow()
+                .as_ref()
+                .map(|s| s.view(XdsType::Route).version())
+        };
+        let fresh = |mesh: &MeshSnapshot| {
+            let mut cache = ConfigCache::new();
+            cache.update(Arc::new(mesh.clone()), &ChangeSet::full());
+            let p = Proxy::resolve(node("10.0.0.1", "client-0"), mesh);
+            cache
+                .proxy_snapshot(&p, None)
+                .0
+                .view(XdsType::Route)
+                .version()
+        };
+        let first = routes(&sub);
+
+        // Another pod changes: nothing changes for this proxy.
+        index.apply(mk_pod(
+            "other-0",
+            "shop",
+            "10.0.0.2",
+            &[("app", "other"), ("tier", "gold")],
+            "n",
+        ));
+        let (mesh, changes) = index.snapshot();
+        assert!(changes.keeps_proxy(&[std::net::IpAddr::from([10, 0, 0, 1])]));
+        push.push(mesh.clone(), &changes);
+        assert_eq!(routes(&sub), first);
+        assert_eq!(routes(&sub), Some(fresh(&mesh)));
+
+        // Its own pod turns gold: the source-conditioned rule now applies to it.
+        index.apply(mk_pod(
+            "client-0",
+            "shop",
+            "10.0.0.1",
+            &[("app", "client"), ("tier", "gold")],
+            "n",
+        ));
+        let (mesh, changes) = index.snapshot();
+        assert!(!changes.keeps_proxy(&[std::net::IpAddr::from([10, 0, 0, 1])]));
+        push.push(mesh.clone(), &changes);
+        assert_ne!(routes(&sub), first);
+        assert_eq!(routes(&sub), Some(fresh(&mesh)));
     }
 }

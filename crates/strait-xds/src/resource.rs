@@ -5,8 +5,8 @@
 //! shared [`ResourceMap`] layers (for example the mesh-wide clusters plus the proxy's own
 //! inbound clusters), so a proxy's snapshot costs a handful of pointers.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use prost::Message;
@@ -114,10 +114,14 @@ pub struct ResourceMap {
     pub version: u64,
     /// The resources by name.
     pub items: BTreeMap<Arc<str>, Arc<Resource>>,
-    /// When built by patching another map: that map's version and the names that differ
-    /// from it, so that followers can diff in O(changes).
-    pub base: Option<(u64, Arc<[Arc<str>]>)>,
+    /// When built by patching: the versions this map was patched from, oldest first, each
+    /// with the names that changed since it, so that a proxy holding any recent version can
+    /// diff in O(changes) even when it skipped some.
+    pub history: Vec<(u64, Arc<[Arc<str>]>)>,
 }
+
+/// How many patch steps a map remembers.
+const HISTORY: usize = 16;
 
 impl ResourceMap {
     /// Builds a map from resources.
@@ -126,7 +130,7 @@ impl ResourceMap {
         Arc::new(ResourceMap {
             version: hash_items(&items),
             items,
-            base: None,
+            history: Vec::new(),
         })
     }
 
@@ -153,11 +157,36 @@ impl ResourceMap {
             };
             changed.push(name);
         }
+        let changed: Arc<[Arc<str>]> = changed.into();
+        // Each remembered version's changes grow by this step's.
+        let skip = (old.history.len() + 1).saturating_sub(HISTORY);
+        let mut history: Vec<(u64, Arc<[Arc<str>]>)> = old
+            .history
+            .iter()
+            .skip(skip)
+            .map(|(v, names)| {
+                let mut all: Vec<Arc<str>> = names.iter().chain(changed.iter()).cloned().collect();
+                all.sort();
+                all.dedup();
+                (*v, all.into())
+            })
+            .collect();
+        history.push((old.version, changed));
         Arc::new(ResourceMap {
             version: hash_items(&items),
             items,
-            base: Some((old.version, changed.into())),
+            history,
         })
+    }
+
+    /// The names that differ between `old` and this map, when this map was patched from it
+    /// recently.
+    pub fn changes_since(&self, old: u64) -> Option<&Arc<[Arc<str>]>> {
+        self.history
+            .iter()
+            .rev()
+            .find(|(v, _)| *v == old)
+            .map(|(_, names)| names)
     }
 
     /// An empty map.
@@ -174,6 +203,72 @@ impl ResourceMap {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+}
+
+/// Remembered walks, by (newer, older) map version.
+type Walks = HashMap<(u64, u64), Arc<[Arc<str>]>>;
+
+/// Names that differ between two maps (present in one only, or with other content), sorted.
+/// From the newer map's history when it has the older one, else by walking both in order;
+/// walks are remembered for the next proxies that hold the same pair.
+pub fn layer_changes(new: &ResourceMap, old: &ResourceMap) -> Arc<[Arc<str>]> {
+    if new.version == old.version && new.items.len() == old.items.len() {
+        return Arc::from(Vec::new());
+    }
+    if let Some(names) = new.changes_since(old.version) {
+        return names.clone();
+    }
+    let key = (new.version, old.version);
+    static WALKS: Mutex<Option<Walks>> = Mutex::new(None);
+    if let Some(found) = WALKS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .and_then(|m| m.get(&key).cloned())
+    {
+        return found;
+    }
+    let mut out: Vec<Arc<str>> = Vec::new();
+    let (mut a, mut b) = (new.items.iter().peekable(), old.items.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((na, _)), None) => {
+                out.push((*na).clone());
+                a.next();
+            }
+            (None, Some((nb, _))) => {
+                out.push((*nb).clone());
+                b.next();
+            }
+            (Some((na, ra)), Some((nb, rb))) => match na.cmp(nb) {
+                std::cmp::Ordering::Less => {
+                    out.push((*na).clone());
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push((*nb).clone());
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if ra.version != rb.version {
+                        out.push((*na).clone());
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+    let out: Arc<[Arc<str>]> = out.into();
+    let mut guard = WALKS.lock().unwrap_or_else(PoisonError::into_inner);
+    let m = guard.get_or_insert_with(HashMap::new);
+    // A handful of map pairs are in flight at a time; forget old ones wholesale.
+    if m.len() >= 64 {
+        m.clear();
+    }
+    m.insert(key, out.clone());
+    out
 }
 
 fn hash_items(items: &BTreeMap<Arc<str>, Arc<Resource>>) -> u64 {
@@ -256,26 +351,23 @@ impl TypeView {
     }
 
     /// What changed from `old` to `self`, in O(changes) when layers were patched from the
-    /// old ones, else by comparing the layers that differ.
+    /// old ones, else by comparing the layers that differ (once for every proxy holding the
+    /// same pair, see [`layer_changes`]).
     pub fn diff(&self, old: &TypeView) -> ViewDiff {
         let mut candidates: Vec<Arc<str>> = Vec::new();
         let n = self.layers.len().max(old.layers.len());
+        let empty = ResourceMap::default();
         for i in 0..n {
-            match (self.layers.get(i), old.layers.get(i)) {
-                (Some(a), Some(b)) if Arc::ptr_eq(a, b) || a.version == b.version => {}
-                (Some(a), Some(b)) if a.base.as_ref().is_some_and(|(v, _)| *v == b.version) => {
-                    if let Some((_, names)) = &a.base {
-                        candidates.extend(names.iter().cloned());
-                    }
-                }
-                (a, b) => {
-                    candidates.extend(a.iter().flat_map(|m| m.items.keys().cloned()));
-                    candidates.extend(b.iter().flat_map(|m| m.items.keys().cloned()));
-                }
+            let a = self.layers.get(i).map_or(&empty, |a| &**a);
+            let b = old.layers.get(i).map_or(&empty, |b| &**b);
+            if a.version != b.version || (a.items.len() != b.items.len()) {
+                candidates.extend(layer_changes(a, b).iter().cloned());
             }
         }
-        candidates.sort();
-        candidates.dedup();
+        if n > 1 {
+            candidates.sort();
+            candidates.dedup();
+        }
         let mut out = ViewDiff::default();
         for name in candidates {
             match (self.get(&name), old.get(&name)) {
@@ -337,9 +429,8 @@ mod tests {
                 (Arc::from("d"), Some(cla("d", 1))),
             ],
         );
-        let base = m2.base.as_ref().expect("patched");
-        assert_eq!(base.0, m1.version);
-        assert_eq!(base.1.len(), 3, "unchanged a is not recorded");
+        let since = m2.changes_since(m1.version).expect("patched");
+        assert_eq!(since.len(), 3, "unchanged a is not recorded");
         let d = TypeView::new(vec![m2.clone()]).diff(&TypeView::new(vec![m1.clone()]));
         assert_eq!(d.changed, vec![Arc::from("b"), Arc::from("d")]);
         assert_eq!(d.removed, vec![Arc::from("c")]);
@@ -348,6 +439,37 @@ mod tests {
         let d = TypeView::new(vec![m3]).diff(&TypeView::new(vec![m1]));
         assert_eq!(d.changed, vec![Arc::from("b")]);
         assert_eq!(d.removed, vec![Arc::from("c")]);
+    }
+
+    /// A proxy that skipped versions still diffs by the recorded changes, and a diff by walk
+    /// finds exactly what differs.
+    #[test]
+    fn diffs_across_several_patches_and_by_walk() {
+        let m1 = ResourceMap::new([cla("a", 1), cla("b", 1), cla("c", 1)]);
+        let m2 = ResourceMap::patch(&m1, [(Arc::from("a"), Some(cla("a", 2)))]);
+        let m3 = ResourceMap::patch(&m2, [(Arc::from("c"), None)]);
+        let m4 = ResourceMap::patch(&m3, [(Arc::from("e"), Some(cla("e", 1)))]);
+        assert_eq!(m4.changes_since(m1.version).map(|n| n.len()), Some(3));
+        assert_eq!(m4.changes_since(m3.version).map(|n| n.len()), Some(1));
+        let d = TypeView::new(vec![m4.clone()]).diff(&TypeView::new(vec![m1.clone()]));
+        assert_eq!(d.changed, vec![Arc::from("a"), Arc::from("e")]);
+        assert_eq!(d.removed, vec![Arc::from("c")]);
+        // The same maps rebuilt from scratch diff by walking them.
+        let fresh = ResourceMap::new(m4.items.values().cloned());
+        assert_eq!(
+            layer_changes(&fresh, &m1).to_vec(),
+            vec![Arc::from("a"), Arc::from("c"), Arc::from("e")]
+        );
+        assert!(layer_changes(&fresh, &m4).is_empty());
+        // History is bounded.
+        let mut m = m1.clone();
+        for i in 0..40 {
+            m = ResourceMap::patch(&m, [(Arc::from("a"), Some(cla("a", i + 3)))]);
+        }
+        assert_eq!(m.history.len(), HISTORY);
+        assert!(m.changes_since(m1.version).is_none());
+        let d = TypeView::new(vec![m]).diff(&TypeView::new(vec![m1]));
+        assert_eq!(d.changed, vec![Arc::from("a")]);
     }
 
     #[test]

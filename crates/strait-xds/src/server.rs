@@ -7,27 +7,29 @@
 //! channel: a slow proxy slows only its own task, and because snapshots arrive on a `watch`
 //! channel, a proxy that falls behind skips intermediate versions instead of queueing them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use prost::Message;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
 use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
-use tonic::server::{Grpc, NamedService, StreamingService};
-use tonic::{Status, Streaming};
-use tonic_prost::ProstCodec;
+use tonic::server::NamedService;
+use tonic::transport::server::TcpConnectInfo;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use strait_model::ProxyNode;
 
+use crate::grpc::{self, Outgoing, RequestReader, ResponseBody};
 use crate::metrics::XdsMetrics;
 use crate::node::proxy_node;
+use crate::request::{NameSet, NameSets, SotwRequest};
 use crate::resource::{ProxySnapshot, Resource, TypeView, XdsType};
 use crate::status::{ConnectionStatus, Nack, SyncRegistry, now_secs};
-use crate::wire::{DeltaResponse, SotwResponse};
+use crate::wire::{DeltaResponse, Sections, SotwResponse};
 
 /// Where the server gets each proxy's snapshots.
 pub trait SnapshotSource: Send + Sync + 'static {
@@ -76,6 +78,8 @@ struct Shared<S> {
     registry: Arc<SyncRegistry>,
     metrics: Arc<XdsMetrics>,
     closing: watch::Receiver<bool>,
+    names: Arc<NameSets>,
+    sections: Arc<Sections>,
 }
 
 /// The ADS service, ready to add to a tonic server.
@@ -107,6 +111,8 @@ impl<S: SnapshotSource> AdsService<S> {
                 registry,
                 metrics,
                 closing,
+                names: Arc::default(),
+                sections: Arc::default(),
             }),
         }
     }
@@ -132,55 +138,53 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let shared = self.shared.clone();
-        match req.uri().path() {
-            SOTW_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(ProstCodec::<SotwResponse, DiscoveryRequest>::default())
-                    .max_decoding_message_size(16 << 20);
-                Ok(grpc.streaming(SotwSvc(shared), req).await)
-            }),
-            DELTA_PATH => Box::pin(async move {
-                let mut grpc =
-                    Grpc::new(ProstCodec::<DeltaResponse, DeltaDiscoveryRequest>::default())
-                        .max_decoding_message_size(16 << 20);
-                Ok(grpc.streaming(DeltaSvc(shared), req).await)
-            }),
-            _ => Box::pin(async move { Ok(Status::unimplemented("unknown method").into_http()) }),
-        }
-    }
-}
-
-struct SotwSvc<S>(Arc<Shared<S>>);
-struct DeltaSvc<S>(Arc<Shared<S>>);
-
-impl<S: SnapshotSource> StreamingService<DiscoveryRequest> for SotwSvc<S> {
-    type Response = SotwResponse;
-    type ResponseStream = ReceiverStream<Result<SotwResponse, Status>>;
-    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let shared = self.0.clone();
+        let peer = req
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr);
+        let path = req.uri().path().to_string();
+        let body = req.into_body();
         Box::pin(async move {
-            let peer = request.remote_addr();
             let (tx, rx) = mpsc::channel(SEND_QUEUE);
-            tokio::spawn(run_sotw(shared, request.into_inner(), tx, peer));
-            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+            match path.as_str() {
+                SOTW_PATH => {
+                    let requests = RequestReader::new(body, MAX_REQUEST);
+                    tokio::spawn(run_sotw(shared, requests, Sender(tx), peer));
+                }
+                DELTA_PATH => {
+                    let requests = RequestReader::new(body, MAX_REQUEST);
+                    tokio::spawn(run_delta(shared, requests, Sender(tx), peer));
+                }
+                _ => return Ok(Status::unimplemented("unknown method").into_http()),
+            }
+            Ok(grpc::response(ResponseBody::new(rx)))
         })
     }
 }
 
-impl<S: SnapshotSource> StreamingService<DeltaDiscoveryRequest> for DeltaSvc<S> {
-    type Response = DeltaResponse;
-    type ResponseStream = ReceiverStream<Result<DeltaResponse, Status>>;
-    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
+/// The largest request accepted (SotW requests list every subscribed name).
+const MAX_REQUEST: usize = 16 << 20;
 
-    fn call(&mut self, request: tonic::Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let shared = self.0.clone();
-        Box::pin(async move {
-            let peer = request.remote_addr();
-            let (tx, rx) = mpsc::channel(SEND_QUEUE);
-            tokio::spawn(run_delta(shared, request.into_inner(), tx, peer));
-            Ok(tonic::Response::new(ReceiverStream::new(rx)))
-        })
+/// A stream task's side of its response body.
+struct Sender(mpsc::Sender<Outgoing>);
+
+impl Sender {
+    async fn send_sotw(&self, r: &SotwResponse, sections: &Sections) -> Result<(), End> {
+        self.0
+            .send(Ok(r.frames(Some(sections))))
+            .await
+            .map_err(|_| End::Closed)
+    }
+
+    async fn send_delta(&self, r: &DeltaResponse, sections: &Sections) -> Result<(), End> {
+        self.0
+            .send(Ok(r.frames(Some(sections))))
+            .await
+            .map_err(|_| End::Closed)
+    }
+
+    async fn end(&self, status: Status) {
+        let _ = self.0.send(Err(status)).await;
     }
 }
 
@@ -200,6 +204,8 @@ struct Conn {
     registry: Arc<SyncRegistry>,
     metrics: Arc<XdsMetrics>,
     sub: Subscription,
+    names: Arc<NameSets>,
+    sections: Arc<Sections>,
     snapshot: Option<Arc<ProxySnapshot>>,
     nonce: u64,
     /// Recent responses not yet acknowledged, per type: (nonce, version). Delta ACKs name
@@ -242,6 +248,8 @@ impl Conn {
             registry: shared.registry.clone(),
             metrics: shared.metrics.clone(),
             sub,
+            names: shared.names.clone(),
+            sections: shared.sections.clone(),
             snapshot: None,
             nonce: 0,
             inflight: Default::default(),
@@ -320,34 +328,61 @@ impl Conn {
 struct SotwType {
     subscribed: bool,
     /// Requested names (EDS, RDS); CDS and LDS are always wildcard.
-    names: BTreeSet<Arc<str>>,
+    names: Arc<NameSet>,
     /// The view the proxy holds (None: nothing sent yet, or a full resend is due).
     sent: Option<TypeView>,
     nonce: Option<String>,
 }
 
-async fn run_sotw<S: SnapshotSource>(
+/// The next request of a stream, decoded with `decode`. `Ok(None)`: the proxy closed it.
+async fn next_request<B, T, E: std::fmt::Display>(
+    requests: &mut RequestReader<B>,
+    decode: impl FnOnce(bytes::Bytes) -> Result<T, E>,
+) -> Result<Option<T>, End>
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    match requests.message().await {
+        Ok(Some(bytes)) => decode(bytes).map(Some).map_err(|e| {
+            End::Refused(Status::invalid_argument(format!(
+                "undecodable request: {e}"
+            )))
+        }),
+        Ok(None) => Ok(None),
+        Err(status) => {
+            debug!(%status, "stream error");
+            Err(End::Closed)
+        }
+    }
+}
+
+async fn run_sotw<S: SnapshotSource, B>(
     shared: Arc<Shared<S>>,
-    mut requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<SotwResponse, Status>>,
+    mut requests: RequestReader<B>,
+    tx: Sender,
     peer: Option<SocketAddr>,
-) {
-    let first = match requests.message().await {
+) where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    let first = match next_request(&mut requests, SotwRequest::decode).await {
         Ok(Some(r)) => r,
-        _ => return,
+        Ok(None) | Err(End::Closed) => return,
+        Err(End::Refused(status)) => {
+            tx.end(status).await;
+            return;
+        }
     };
     let Some(node) = first.node.as_ref() else {
-        let _ = tx
-            .send(Err(Status::invalid_argument(
-                "first request carries no node",
-            )))
+        tx.end(Status::invalid_argument("first request carries no node"))
             .await;
         return;
     };
     let mut conn = match Conn::open(&shared, node, false, peer) {
         Ok(c) => c,
         Err(status) => {
-            let _ = tx.send(Err(status)).await;
+            tx.end(status).await;
             return;
         }
     };
@@ -363,13 +398,9 @@ async fn run_sotw<S: SnapshotSource>(
             }
             tokio::select! {
                 _ = closing.changed() => {}
-                req = requests.message() => match req {
-                    Ok(Some(r)) => sotw_request(&mut conn, &mut types, r, &tx).await?,
-                    Ok(None) => return Err(End::Closed),
-                    Err(status) => {
-                        debug!(%status, "stream error");
-                        return Err(End::Closed);
-                    }
+                req = next_request(&mut requests, SotwRequest::decode) => match req? {
+                    Some(r) => sotw_request(&mut conn, &mut types, r, &tx).await?,
+                    None => return Err(End::Closed),
                 },
                 changed = conn.sub.snapshots.changed() => {
                     if changed.is_err() {
@@ -386,7 +417,7 @@ async fn run_sotw<S: SnapshotSource>(
     .instrument(span)
     .await;
     if let Err(End::Refused(status)) = end {
-        let _ = tx.send(Err(status)).await;
+        tx.end(status).await;
     }
     info!(proxy = %conn.node.id, "proxy disconnected");
 }
@@ -403,8 +434,8 @@ enum SotwMode {
 async fn sotw_request(
     conn: &mut Conn,
     types: &mut [SotwType; 5],
-    req: DiscoveryRequest,
-    tx: &mpsc::Sender<Result<SotwResponse, Status>>,
+    req: SotwRequest,
+    tx: &Sender,
 ) -> Result<(), End> {
     let Some(t) = XdsType::from_type_url(&req.type_url) else {
         warn!(proxy = %conn.node.id, type_url = %req.type_url, "request for an unsupported type ignored");
@@ -430,10 +461,31 @@ async fn sotw_request(
     let mode = if t.is_wildcard_type() {
         initial.then_some(SotwMode::Full)
     } else {
-        let view = conn.snapshot.as_ref().map(|s| s.view(t));
-        let new: BTreeSet<Arc<str>> = req.resource_names.iter().map(|n| intern(view, n)).collect();
-        let added: Vec<Arc<str>> = new.difference(&st.names).cloned().collect();
-        st.names = new;
+        // Most requests (every ACK) list the names the proxy listed before: compare hashes,
+        // and look at the names only when they differ.
+        let added: Vec<Arc<str>> = if req.names_hash() == st.names.hash() {
+            Vec::new()
+        } else {
+            // Another proxy may have subscribed to exactly these names already.
+            let new = match conn.names.find(req.names_hash()) {
+                Some(set) => set,
+                None => {
+                    let view = conn.snapshot.as_ref().map(|s| s.view(t));
+                    let names = req.names().map_err(|e| {
+                        End::Refused(Status::invalid_argument(format!("resource names: {e}")))
+                    })?;
+                    conn.names
+                        .intern(names.into_iter().map(|n| intern(view, n)).collect())
+                }
+            };
+            let added = new
+                .iter()
+                .filter(|n| !st.names.contains(n))
+                .cloned()
+                .collect();
+            st.names = new;
+            added
+        };
         if initial || st.sent.is_none() {
             Some(SotwMode::Full)
         } else if !added.is_empty() {
@@ -463,7 +515,7 @@ async fn sotw_push(
     types: &mut [SotwType; 5],
     t: XdsType,
     mode: SotwMode,
-    tx: &mpsc::Sender<Result<SotwResponse, Status>>,
+    tx: &Sender,
 ) -> Result<(), End> {
     let Some(snap) = conn.snapshot.clone() else {
         return Ok(());
@@ -505,7 +557,7 @@ async fn sotw_push(
                 view.diff(sent)
                     .changed
                     .iter()
-                    .filter(|n| st.names.contains(*n))
+                    .filter(|n| st.names.contains(n))
                     .filter_map(|n| view.get(n).cloned())
                     .collect()
             }
@@ -536,7 +588,7 @@ async fn sotw_push(
         st.names.len()
     };
     conn.sent(t, &nonce, &version, bytes, holds);
-    tx.send(Ok(resp)).await.map_err(|_| End::Closed)
+    tx.send_sotw(&resp, &conn.sections).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -547,7 +599,7 @@ async fn sotw_push(
 struct DeltaType {
     subscribed: bool,
     wildcard: bool,
-    names: BTreeSet<Arc<str>>,
+    names: Arc<NameSet>,
     /// What the proxy holds: `sent` restricted to its interest (None: unknown, resync due).
     sent: Option<TypeView>,
     /// Versions the proxy declared it already has, used for its first response.
@@ -561,28 +613,36 @@ impl DeltaType {
     }
 }
 
-async fn run_delta<S: SnapshotSource>(
+fn decode_delta(b: bytes::Bytes) -> Result<DeltaDiscoveryRequest, prost::DecodeError> {
+    DeltaDiscoveryRequest::decode(b)
+}
+
+async fn run_delta<S: SnapshotSource, B>(
     shared: Arc<Shared<S>>,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaResponse, Status>>,
+    mut requests: RequestReader<B>,
+    tx: Sender,
     peer: Option<SocketAddr>,
-) {
-    let first = match requests.message().await {
+) where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    let first = match next_request(&mut requests, decode_delta).await {
         Ok(Some(r)) => r,
-        _ => return,
+        Ok(None) | Err(End::Closed) => return,
+        Err(End::Refused(status)) => {
+            tx.end(status).await;
+            return;
+        }
     };
     let Some(node) = first.node.as_ref() else {
-        let _ = tx
-            .send(Err(Status::invalid_argument(
-                "first request carries no node",
-            )))
+        tx.end(Status::invalid_argument("first request carries no node"))
             .await;
         return;
     };
     let mut conn = match Conn::open(&shared, node, true, peer) {
         Ok(c) => c,
         Err(status) => {
-            let _ = tx.send(Err(status)).await;
+            tx.end(status).await;
             return;
         }
     };
@@ -598,13 +658,9 @@ async fn run_delta<S: SnapshotSource>(
             }
             tokio::select! {
                 _ = closing.changed() => {}
-                req = requests.message() => match req {
-                    Ok(Some(r)) => delta_request(&mut conn, &mut types, r, &tx).await?,
-                    Ok(None) => return Err(End::Closed),
-                    Err(status) => {
-                        debug!(%status, "stream error");
-                        return Err(End::Closed);
-                    }
+                req = next_request(&mut requests, decode_delta) => match req? {
+                    Some(r) => delta_request(&mut conn, &mut types, r, &tx).await?,
+                    None => return Err(End::Closed),
                 },
                 changed = conn.sub.snapshots.changed() => {
                     if changed.is_err() {
@@ -621,7 +677,7 @@ async fn run_delta<S: SnapshotSource>(
     .instrument(span)
     .await;
     if let Err(End::Refused(status)) = end {
-        let _ = tx.send(Err(status)).await;
+        tx.end(status).await;
     }
     info!(proxy = %conn.node.id, "proxy disconnected");
 }
@@ -630,7 +686,7 @@ async fn delta_request(
     conn: &mut Conn,
     types: &mut [DeltaType; 5],
     req: DeltaDiscoveryRequest,
-    tx: &mpsc::Sender<Result<DeltaResponse, Status>>,
+    tx: &Sender,
 ) -> Result<(), End> {
     let Some(t) = XdsType::from_type_url(&req.type_url) else {
         warn!(proxy = %conn.node.id, type_url = %req.type_url, "request for an unsupported type ignored");
@@ -660,19 +716,28 @@ async fn delta_request(
     for n in &req.resource_names_subscribe {
         if n == "*" {
             st.wildcard = true;
-            continue;
-        }
-        let name = intern(view, n);
-        if st.names.insert(name.clone()) {
-            added.push(name);
+        } else if !st.names.contains(n) && !added.iter().any(|a: &Arc<str>| **a == **n) {
+            added.push(intern(view, n));
         }
     }
+    let mut removed: Vec<&str> = Vec::new();
     for n in &req.resource_names_unsubscribe {
         if n == "*" {
             st.wildcard = false;
-        } else {
-            st.names.remove(n.as_str());
+        } else if st.names.contains(n) {
+            removed.push(n);
         }
+    }
+    if !added.is_empty() || !removed.is_empty() {
+        // Subscriptions are shared between proxies holding the same: rebuild and re-intern.
+        let names: Vec<Arc<str>> = st
+            .names
+            .iter()
+            .filter(|n| !removed.contains(&&***n))
+            .chain(added.iter())
+            .cloned()
+            .collect();
+        st.names = conn.names.intern(names);
     }
     if first {
         // The first response is due even when it carries nothing.
@@ -689,7 +754,7 @@ async fn delta_push(
     types: &mut [DeltaType; 5],
     t: XdsType,
     added: Vec<Arc<str>>,
-    tx: &mpsc::Sender<Result<DeltaResponse, Status>>,
+    tx: &Sender,
 ) -> Result<(), End> {
     let Some(snap) = conn.snapshot.clone() else {
         return Ok(());
@@ -721,7 +786,7 @@ async fn delta_push(
                     removed.push(Arc::from(name.as_str()));
                 }
             }
-            for n in &st.names {
+            for n in st.names.iter() {
                 if view.get(n).is_none() && !removed.contains(n) {
                     removed.push(n.clone());
                 }
@@ -774,5 +839,5 @@ async fn delta_push(
         st.names.len()
     };
     conn.sent(t, &nonce, &version, bytes, holds);
-    tx.send(Ok(resp)).await.map_err(|_| End::Closed)
+    tx.send_delta(&resp, &conn.sections).await
 }

@@ -1,0 +1,302 @@
+//! State-of-the-world requests, decoded lazily.
+//!
+//! A state-of-the-world EDS or RDS request (and every ACK of one) lists every name the proxy
+//! subscribes to: with a thousand services, a hundred kilobytes per ACK, for every proxy, at
+//! every push. Almost always the list is the one the proxy sent last time. So names are not
+//! turned into strings here: the request keeps its bytes, records where each name is, and
+//! hashes the set; the stream looks at the names only when the hash differs. Sets of names are
+//! shared between the proxies that subscribe to the same ones ([`NameSets`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::Message;
+
+/// Why a request could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A nested message did not decode.
+    #[error(transparent)]
+    Prost(#[from] prost::DecodeError),
+    /// The bytes are not a well-formed message.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl DecodeError {
+    fn new(why: impl Into<String>) -> Self {
+        DecodeError::Malformed(why.into())
+    }
+}
+
+/// An `envoy.service.discovery.v3.DiscoveryRequest` whose `resource_names` stay in the
+/// request's bytes.
+#[derive(Debug, Default)]
+pub struct SotwRequest {
+    /// version_info (1).
+    pub version_info: String,
+    /// node (2).
+    pub node: Option<Node>,
+    /// type_url (4).
+    pub type_url: String,
+    /// response_nonce (5).
+    pub response_nonce: String,
+    /// error_detail (6).
+    pub error_detail: Option<RpcStatus>,
+    buf: Bytes,
+    names: Vec<(u32, u32)>,
+    names_hash: u128,
+}
+
+fn varint(b: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
+    let mut s = &b[*pos..];
+    let before = s.len();
+    let v = prost::encoding::decode_varint(&mut s)?;
+    *pos += before - s.len();
+    Ok(v)
+}
+
+fn text(slice: &[u8]) -> Result<&str, DecodeError> {
+    std::str::from_utf8(slice).map_err(|_| DecodeError::new("invalid UTF-8 in a string field"))
+}
+
+/// The hash of a name in a set: sets hash to the wrapping sum of their names' hashes, so the
+/// order a proxy lists them in does not matter. 128 bits: equal hashes are taken to mean
+/// equal sets.
+fn name_hash(name: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(name)
+}
+
+impl SotwRequest {
+    /// Decodes a request.
+    pub fn decode(buf: Bytes) -> Result<Self, DecodeError> {
+        let mut out = SotwRequest::default();
+        let b = &buf[..];
+        let mut pos = 0usize;
+        while pos < b.len() {
+            let key = varint(b, &mut pos)?;
+            let tag = key >> 3;
+            match key & 7 {
+                0 => {
+                    varint(b, &mut pos)?;
+                }
+                1 => pos += 8,
+                5 => pos += 4,
+                2 => {
+                    let len = usize::try_from(varint(b, &mut pos)?)
+                        .map_err(|_| DecodeError::new("length overflows"))?;
+                    let end = pos
+                        .checked_add(len)
+                        .filter(|e| *e <= b.len())
+                        .ok_or_else(|| DecodeError::new("field runs past the message"))?;
+                    let slice = &b[pos..end];
+                    match tag {
+                        1 => out.version_info = text(slice)?.to_string(),
+                        2 => out.node = Some(Node::decode(slice)?),
+                        3 => {
+                            // Checked for UTF-8 only when looked at.
+                            out.names_hash = out.names_hash.wrapping_add(name_hash(slice));
+                            // Offsets fit: requests are limited far below 4 GiB.
+                            out.names.push((pos as u32, end as u32));
+                        }
+                        4 => out.type_url = text(slice)?.to_string(),
+                        5 => out.response_nonce = text(slice)?.to_string(),
+                        6 => out.error_detail = Some(RpcStatus::decode(slice)?),
+                        _ => {}
+                    }
+                    pos = end;
+                }
+                w => return Err(DecodeError::new(format!("unsupported wire type {w}"))),
+            }
+            if pos > b.len() {
+                return Err(DecodeError::new("field runs past the message"));
+            }
+        }
+        out.buf = buf;
+        Ok(out)
+    }
+
+    /// The subscribed names, as the proxy listed them.
+    pub fn names(&self) -> Result<Vec<&str>, DecodeError> {
+        self.names
+            .iter()
+            .map(|(s, e)| text(&self.buf[*s as usize..*e as usize]))
+            .collect()
+    }
+
+    /// A hash of the set of names, whatever their order.
+    pub fn names_hash(&self) -> u128 {
+        self.names_hash
+    }
+}
+
+/// A set of resource names, sorted, shared by every proxy subscribed to exactly these.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NameSet {
+    names: Box<[Arc<str>]>,
+    hash: u128,
+}
+
+impl NameSet {
+    /// True when `name` is in the set.
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.binary_search_by(|n| (**n).cmp(name)).is_ok()
+    }
+
+    /// The names, sorted.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.names.iter()
+    }
+
+    /// How many names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The set's hash (see [`SotwRequest::names_hash`]).
+    pub fn hash(&self) -> u128 {
+        self.hash
+    }
+}
+
+/// Interns name sets: proxies that subscribe to the same names share one set.
+#[derive(Default)]
+pub struct NameSets {
+    sets: Mutex<(HashMap<u128, Weak<NameSet>>, usize)>,
+}
+
+impl NameSets {
+    /// The live set with this hash, if another proxy subscribed to it.
+    pub fn find(&self, hash: u128) -> Option<Arc<NameSet>> {
+        let guard = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.0.get(&hash).and_then(Weak::upgrade)
+    }
+
+    /// The shared set of `names`.
+    pub fn intern(&self, mut names: Vec<Arc<str>>) -> Arc<NameSet> {
+        names.sort();
+        names.dedup();
+        let hash = names
+            .iter()
+            .fold(0u128, |h, n| h.wrapping_add(name_hash(n.as_bytes())));
+        let mut guard = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        let (sets, inserts) = &mut *guard;
+        if let Some(existing) = sets.get(&hash).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let set = Arc::new(NameSet {
+            names: names.into_boxed_slice(),
+            hash,
+        });
+        sets.insert(hash, Arc::downgrade(&set));
+        *inserts += 1;
+        if *inserts >= 1024 {
+            *inserts = 0;
+            sets.retain(|_, w| w.strong_count() > 0);
+        }
+        set
+    }
+
+    /// How many sets are alive.
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        let guard = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.0.values().filter(|w| w.strong_count() > 0).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+    fn request(names: &[&str]) -> DiscoveryRequest {
+        DiscoveryRequest {
+            version_info: "v7".into(),
+            node: Some(Node {
+                id: "sidecar~10.0.0.1~a.ns~ns.svc.cluster.local".into(),
+                ..Default::default()
+            }),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            type_url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment".into(),
+            response_nonce: "3".into(),
+            error_detail: Some(RpcStatus {
+                code: 13,
+                message: "bad".into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decodes_like_the_generated_type() {
+        let full = request(&["outbound|80||a", "outbound|80||b"]);
+        let r = SotwRequest::decode(Bytes::from(full.encode_to_vec())).expect("decodes");
+        assert_eq!(r.version_info, "v7");
+        assert_eq!(r.node, full.node);
+        assert_eq!(r.type_url, full.type_url);
+        assert_eq!(r.response_nonce, "3");
+        assert_eq!(r.error_detail, full.error_detail);
+        assert_eq!(
+            r.names().expect("utf-8"),
+            ["outbound|80||a", "outbound|80||b"]
+        );
+    }
+
+    #[test]
+    fn the_hash_ignores_order_and_sees_changes() {
+        let h = |names: &[&str]| {
+            SotwRequest::decode(Bytes::from(request(names).encode_to_vec()))
+                .expect("decodes")
+                .names_hash()
+        };
+        assert_eq!(h(&["a", "b", "c"]), h(&["c", "a", "b"]));
+        assert_ne!(h(&["a", "b", "c"]), h(&["a", "b"]));
+        assert_ne!(h(&["a", "b"]), h(&["a", "x"]));
+        let sets = NameSets::default();
+        let set = sets.intern(vec![Arc::from("c"), Arc::from("a"), Arc::from("b")]);
+        assert_eq!(set.hash(), h(&["a", "b", "c"]));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in [
+            &[0x0a, 0x05, b'a'][..],
+            &[0x0a, 0x02, 0xff, 0xfe],
+            &[0x0b],
+            &[0xff; 12],
+        ] {
+            assert!(
+                SotwRequest::decode(Bytes::copy_from_slice(bad)).is_err(),
+                "{bad:?}"
+            );
+        }
+        // A name that is not UTF-8 is refused when looked at.
+        let r = SotwRequest::decode(Bytes::copy_from_slice(&[0x1a, 0x02, 0xff, 0xfe]))
+            .expect("decodes");
+        assert!(r.names().is_err());
+    }
+
+    #[test]
+    fn equal_sets_are_shared() {
+        let sets = NameSets::default();
+        let a = sets.intern(vec![Arc::from("x"), Arc::from("y")]);
+        let b = sets.intern(vec![Arc::from("y"), Arc::from("x")]);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(sets.find(a.hash()).is_some_and(|f| Arc::ptr_eq(&f, &a)));
+        assert!(a.contains("x") && !a.contains("z"));
+        let c = sets.intern(vec![Arc::from("x")]);
+        assert!(!Arc::ptr_eq(&a, &c));
+        drop((a, b));
+        assert_eq!(sets.live(), 1);
+    }
+}
