@@ -4,17 +4,83 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use kube::Api;
+use kube::api::ListParams;
+use strait_api::k8s_openapi::api::core::v1::Pod;
 use strait_xds::{ProxySyncz, Syncz};
+
+use crate::tag::ClusterArgs;
+
+/// The status API's port on control-plane pods.
+pub const DEBUG_PORT: u16 = 15014;
+
+/// How long one control-plane pod may take to answer through the API server.
+const POD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Options of `strait proxy-status`.
 #[derive(Args)]
 pub struct ProxyStatusArgs {
-    /// The control plane's status API (repeatable, to gather several control planes).
-    #[arg(long = "debug-addr", default_value = "http://127.0.0.1:15014")]
+    /// The control plane's status API (repeatable, to gather several control planes;
+    /// default `http://127.0.0.1:15014` unless `--all-revisions` is given).
+    #[arg(long = "debug-addr")]
     debug_addrs: Vec<String>,
+    /// Ask every control-plane pod (`app=strait` in the system namespace, all revisions and
+    /// replicas) through the Kubernetes API server's pod proxy.
+    #[arg(long)]
+    all_revisions: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// The API server path that proxies to a pod's `/debug/syncz`.
+pub fn pod_proxy_path(namespace: &str, pod: &str) -> String {
+    format!("/api/v1/namespaces/{namespace}/pods/{pod}:{DEBUG_PORT}/proxy/debug/syncz")
+}
+
+/// Every running control-plane pod's delivery state, through the API server; a pod that
+/// does not answer is reported, not fatal.
+pub async fn gather_from_cluster(
+    client: &kube::Client,
+    namespace: &str,
+) -> anyhow::Result<Vec<Result<Syncz, String>>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels("app=strait,strait.io/rev"))
+        .await
+        .with_context(|| format!("list the control-plane pods in {namespace}"))?;
+    let mut out = Vec::new();
+    for pod in list.items {
+        let Some(name) = pod.metadata.name.clone() else {
+            continue;
+        };
+        let running = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Running");
+        if !running {
+            continue;
+        }
+        let path = pod_proxy_path(namespace, &name);
+        let request = http::Request::get(&path)
+            .body(Vec::new())
+            .context("build the request")?;
+        // The client retries 503s (what the API server answers for a pod it cannot reach):
+        // bound the wait per pod.
+        let answer = match tokio::time::timeout(POD_TIMEOUT, client.request_text(request)).await {
+            Ok(Ok(text)) => serde_json::from_str::<Syncz>(&text)
+                .map_err(|e| format!("pod {namespace}/{name}: not a syncz document: {e}")),
+            Ok(Err(e)) => Err(format!("pod {namespace}/{name}: {e}")),
+            Err(_) => Err(format!(
+                "pod {namespace}/{name}: no answer within {POD_TIMEOUT:?}"
+            )),
+        };
+        out.push(answer);
+    }
+    Ok(out)
 }
 
 fn url(base: &str) -> String {
@@ -88,14 +154,28 @@ pub fn run(args: ProxyStatusArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
+    let debug_addrs = if args.debug_addrs.is_empty() && !args.all_revisions {
+        vec![format!("http://127.0.0.1:{DEBUG_PORT}")]
+    } else {
+        args.debug_addrs.clone()
+    };
     let planes = runtime.block_on(async {
+        let mut planes = Vec::new();
+        let mut failed = Vec::new();
+        if args.all_revisions {
+            let client = args.cluster.client().await?;
+            for answer in gather_from_cluster(&client, &args.cluster.system_namespace).await? {
+                match answer {
+                    Ok(z) => planes.push(z),
+                    Err(e) => failed.push(e),
+                }
+            }
+        }
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(5))
             .build()
             .context("HTTP client")?;
-        let mut planes = Vec::new();
-        let mut failed = Vec::new();
-        for base in &args.debug_addrs {
+        for base in &debug_addrs {
             let u = url(base);
             let fetched = async {
                 client

@@ -824,18 +824,18 @@ pub struct TagArgs {
 
 /// Where the cluster is.
 #[derive(Args)]
-struct ClusterArgs {
+pub(crate) struct ClusterArgs {
     /// The cluster's kubeconfig (`PATH` or `PATH#CONTEXT`); by default `$KUBECONFIG`,
     /// `~/.kube/config`, or the pod's service account.
     #[arg(long, value_name = "PATH[#CONTEXT]", env = "STRAIT_KUBECONFIG")]
-    kubeconfig: Option<String>,
+    pub(crate) kubeconfig: Option<String>,
     /// The control plane's namespace (revision and tag Services).
     #[arg(long, default_value = "istio-system")]
-    system_namespace: String,
+    pub(crate) system_namespace: String,
 }
 
 impl ClusterArgs {
-    async fn client(&self) -> anyhow::Result<kube::Client> {
+    pub(crate) async fn client(&self) -> anyhow::Result<kube::Client> {
         let cluster = match &self.kubeconfig {
             Some(k) => KubeCluster::from_args(
                 false,

@@ -580,6 +580,85 @@ fn api_group(shared: &Shared, group: &str) -> Option<Value> {
     }))
 }
 
+/// The pod proxy subresource (`/api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`): a GET
+/// forwarded over HTTP/1.1 to the pod's IP, as the API server does. `None` for other paths.
+async fn pod_proxy(shared: &Shared, path: &str, query: Option<&str>) -> Option<Response> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let (ns, rest) = rest.split_once("/pods/")?;
+    let (target, rest) = rest.split_once("/proxy")?;
+    let (name, port) = target.split_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let ip = {
+        let store = shared.lock();
+        store
+            .objects
+            .get("pods")
+            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+            .and_then(|p| p.pointer("/status/podIP"))
+            .and_then(Value::as_str)
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+    };
+    let Some(ip) = ip else {
+        return Some(status_response(
+            404,
+            "NotFound",
+            &format!("pod {ns}/{name} not found or without IP"),
+        ));
+    };
+    let target_path = match query {
+        Some(q) => format!("{}?{q}", if rest.is_empty() { "/" } else { rest }),
+        None => (if rest.is_empty() { "/" } else { rest }).to_string(),
+    };
+    let answer = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = TcpStream::connect((ip, port)).await?;
+        let request =
+            format!("GET {target_path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw).await?;
+        io::Result::Ok(raw)
+    };
+    let raw = match tokio::time::timeout(Duration::from_secs(5), answer).await {
+        Ok(Ok(raw)) => raw,
+        Ok(Err(e)) => return Some(status_response(503, "ServiceUnavailable", &e.to_string())),
+        Err(_) => return Some(status_response(503, "ServiceUnavailable", "timed out")),
+    };
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let body = raw[split + 4..].to_vec();
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked { dechunk(&body) } else { body };
+    Some((code, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&raw[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        raw = &raw[eol + 2..];
+        if size == 0 || raw.len() < size {
+            break;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = raw.get(size + 2..).unwrap_or_default();
+    }
+    out
+}
+
 async fn handle(
     State(shared): State<Arc<Shared>>,
     method: Method,
@@ -638,6 +717,11 @@ async fn handle(
                 }
             }
         }
+    }
+    if method == Method::GET
+        && let Some(answer) = pod_proxy(&shared, &path, uri.query()).await
+    {
+        return answer;
     }
     let Some((group, version, rest)) = split_path(&path) else {
         return not_found();
