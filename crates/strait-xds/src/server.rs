@@ -7,7 +7,7 @@
 //! channel: a slow proxy slows only its own task, and because snapshots arrive on a `watch`
 //! channel, a proxy that falls behind skips intermediate versions instead of queueing them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -713,19 +713,21 @@ async fn delta_request(
     }
     let view = conn.snapshot.as_ref().map(|s| s.view(t));
     let mut added = Vec::new();
+    // A subscription may list thousands of names: deduplicate by hash, not by scanning.
+    let mut seen: HashSet<&str> = HashSet::new();
     for n in &req.resource_names_subscribe {
         if n == "*" {
             st.wildcard = true;
-        } else if !st.names.contains(n) && !added.iter().any(|a: &Arc<str>| **a == **n) {
+        } else if !st.names.contains(n) && seen.insert(n.as_str()) {
             added.push(intern(view, n));
         }
     }
-    let mut removed: Vec<&str> = Vec::new();
+    let mut removed: HashSet<&str> = HashSet::new();
     for n in &req.resource_names_unsubscribe {
         if n == "*" {
             st.wildcard = false;
         } else if st.names.contains(n) {
-            removed.push(n);
+            removed.insert(n.as_str());
         }
     }
     if !added.is_empty() || !removed.is_empty() {
@@ -733,7 +735,7 @@ async fn delta_request(
         let names: Vec<Arc<str>> = st
             .names
             .iter()
-            .filter(|n| !removed.contains(&&***n))
+            .filter(|n| !removed.contains(&***n))
             .chain(added.iter())
             .cloned()
             .collect();

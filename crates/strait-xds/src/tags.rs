@@ -13,18 +13,21 @@
 //! moved.
 //!
 //! Closing needs the proxy's TCP connection: [`Connections`] wraps every accepted socket
-//! ([`TrackedStream`]) and can shut one down by its peer address.
+//! ([`TrackedStream`]) and can end one by its peer address: its next read sees the end of the
+//! stream, so the HTTP/2 server closes the connection as if the proxy had. No second file
+//! descriptor is held per connection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use futures_util::{Stream, StreamExt};
 use strait_model::{MeshSnapshot, TagReadiness};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -43,8 +46,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The xDS server's open connections, by peer address, so one can be closed.
 #[derive(Debug, Default)]
 pub struct Connections {
-    // A second handle on each socket: shutting it down ends the connection for both.
-    sockets: Mutex<HashMap<SocketAddr, std::net::TcpStream>>,
+    sockets: Mutex<HashMap<SocketAddr, Arc<Closer>>>,
+}
+
+/// Ends one connection: set, then the reader is woken and sees the end of the stream.
+#[derive(Debug, Default)]
+struct Closer {
+    closed: AtomicBool,
+    reader: AtomicWaker,
+}
+
+impl Closer {
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
 }
 
 impl Connections {
@@ -65,33 +85,28 @@ impl Connections {
     fn track(self: &Arc<Self>, stream: TcpStream) -> TrackedStream {
         let local = stream.local_addr().ok();
         let peer = stream.peer_addr().ok();
+        let closer = Arc::new(Closer::default());
         if let Some(p) = peer {
-            match stream.as_fd().try_clone_to_owned() {
-                Ok(fd) => {
-                    lock(&self.sockets).insert(p, std::net::TcpStream::from(fd));
-                }
-                Err(e) => warn!(peer = %p, error = %e, "connection not tracked: cannot be moved"),
-            }
+            lock(&self.sockets).insert(p, closer.clone());
         }
         TrackedStream {
             inner: stream,
             local,
             peer,
+            closer,
             conns: self.clone(),
         }
     }
 
-    /// Ends the connection from `peer` (both directions). False when there is none.
+    /// Ends the connection from `peer`. False when there is none.
     pub fn close(&self, peer: SocketAddr) -> bool {
-        let sockets = lock(&self.sockets);
-        match sockets.get(&peer) {
-            Some(s) => match s.shutdown(std::net::Shutdown::Both) {
-                Ok(()) => true,
-                Err(e) => {
-                    debug!(%peer, error = %e, "shutdown of a connection failed");
-                    false
-                }
-            },
+        let closer = lock(&self.sockets).get(&peer).cloned();
+        match closer {
+            Some(c) => {
+                debug!(%peer, "closing a connection");
+                c.close();
+                true
+            }
             None => false,
         }
     }
@@ -113,13 +128,18 @@ pub struct TrackedStream {
     inner: TcpStream,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
+    closer: Arc<Closer>,
     conns: Arc<Connections>,
 }
 
 impl Drop for TrackedStream {
     fn drop(&mut self) {
         if let Some(p) = self.peer {
-            lock(&self.conns.sockets).remove(&p);
+            let mut sockets = lock(&self.conns.sockets);
+            // The address may already belong to a newer connection.
+            if sockets.get(&p).is_some_and(|c| Arc::ptr_eq(c, &self.closer)) {
+                sockets.remove(&p);
+            }
         }
     }
 }
@@ -141,6 +161,13 @@ impl AsyncRead for TrackedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.closer.is_closed() {
+            return Poll::Ready(Ok(()));
+        }
+        self.closer.reader.register(cx.waker());
+        if self.closer.is_closed() {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -151,6 +178,9 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.closer.is_closed() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -167,6 +197,9 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.closer.is_closed() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -565,13 +598,28 @@ mod tests {
         let peer = client.local_addr().expect("peer");
         assert_eq!(server.connect_info().remote_addr, Some(peer));
         assert_eq!(conns.len(), 1);
+        let mut server = server;
+        // A reader waiting on the connection is woken by the close and sees its end.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 1];
+            let n = tokio::io::AsyncReadExt::read(&mut server, &mut buf)
+                .await
+                .expect("read");
+            (n, server)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(conns.close(peer));
+        let (n, server) = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(n, 0, "the server side reads the end of the stream");
+        drop(server);
         let mut buf = [0u8; 1];
         let n = tokio::io::AsyncReadExt::read(&mut client, &mut buf)
             .await
             .unwrap_or(0);
         assert_eq!(n, 0, "the client sees the connection end");
-        drop(server);
         assert!(conns.is_empty());
         assert!(!conns.close(peer));
     }
