@@ -137,7 +137,10 @@ impl Drop for TrackedStream {
         if let Some(p) = self.peer {
             let mut sockets = lock(&self.conns.sockets);
             // The address may already belong to a newer connection.
-            if sockets.get(&p).is_some_and(|c| Arc::ptr_eq(c, &self.closer)) {
+            if sockets
+                .get(&p)
+                .is_some_and(|c| Arc::ptr_eq(c, &self.closer))
+            {
                 sockets.remove(&p);
             }
         }
