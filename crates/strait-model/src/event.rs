@@ -76,6 +76,9 @@ pub struct ChangeSet {
     pub secrets: bool,
     /// Namespaces changed.
     pub namespaces: bool,
+    /// Something no proxy's configuration depends on changed (a Service's labels): the new
+    /// snapshot must be published, but no proxy needs rebuilding.
+    pub metadata: bool,
 }
 
 impl ChangeSet {
@@ -90,6 +93,16 @@ impl ChangeSet {
     /// True when nothing changed.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+
+    /// True when nothing but [`ChangeSet::metadata`] changed.
+    pub fn is_metadata_only(&self) -> bool {
+        self.metadata
+            && Self {
+                metadata: false,
+                ..self.clone()
+            }
+            .is_empty()
     }
 
     /// True when only endpoints changed: an EDS-only push.

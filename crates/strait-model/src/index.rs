@@ -453,6 +453,17 @@ impl MeshIndex {
     }
 
     fn publish_service(&mut self, key: ServiceKey, eff: Option<Arc<Service>>) {
+        // Labels are not translated: a change of labels alone rebuilds no proxy.
+        let labels_only = match (self.services.get(&key), &eff) {
+            (Some(old), Some(new)) => {
+                old.labels != new.labels
+                    && Service {
+                        labels: new.labels.clone(),
+                        ..(**old).clone()
+                    } == **new
+            }
+            _ => false,
+        };
         let hosts = Arc::make_mut(&mut self.hosts);
         if let Some(old) = self.services.get(&key) {
             hosts.remove(&old.hostname);
@@ -461,7 +472,11 @@ impl MeshIndex {
             hosts.insert(s.hostname.clone(), key.clone());
         }
         publish(&mut self.services, key.clone(), eff);
-        self.pending.services.insert(key);
+        if labels_only {
+            self.pending.metadata = true;
+        } else {
+            self.pending.services.insert(key);
+        }
     }
 
     /// Removes an object of `cluster`; removing one that does not exist is a no-op.
@@ -1198,6 +1213,38 @@ mod tests {
 
     fn key(ns: &str, name: &str) -> ServiceKey {
         ServiceKey::new(ns, name)
+    }
+
+    #[test]
+    fn a_label_only_service_change_rebuilds_nothing() {
+        let mut idx = index();
+        idx.apply(mk_service("web", "shop", &[8080]));
+        let _ = idx.snapshot();
+        let relabel = |labels: &[(&str, &str)], selector: Option<&str>| {
+            let mut o = mk_service("web", "shop", &[8080]);
+            if let Object::Service(s) = &mut o {
+                s.metadata.labels = Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                );
+                if let (Some(sel), Some(spec)) = (selector, s.spec.as_mut()) {
+                    spec.selector = Some([("app".to_string(), sel.to_string())].into());
+                }
+            }
+            o
+        };
+        idx.apply(relabel(&[("team", "a")], None));
+        let (snap, changes) = idx.snapshot();
+        assert!(changes.is_metadata_only(), "{changes:?}");
+        let svc = &snap.services[&key("shop", "web")];
+        assert_eq!(svc.labels.get("team").map(String::as_str), Some("a"));
+        // A selector change is translated.
+        idx.apply(relabel(&[("team", "a")], Some("other")));
+        let (_, changes) = idx.snapshot();
+        assert!(changes.services.contains(&key("shop", "web")));
+        assert!(!changes.is_metadata_only());
     }
 
     #[test]

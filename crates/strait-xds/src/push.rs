@@ -107,6 +107,13 @@ impl PushController {
         let state = &mut *state;
         state.cache.update(mesh.clone(), changes);
         state.mesh = Some(mesh.clone());
+        if changes.is_metadata_only() {
+            // Nothing translated changed: publish the snapshot (status, tags, the webhook
+            // read it) and leave every proxy as it is.
+            self.inner.registry.set_mesh_version(mesh.version);
+            debug!(version = mesh.version, "metadata-only change: no proxy rebuilt");
+            return;
+        }
         let mut sent = 0usize;
         for entry in state.proxies.values_mut() {
             let ips = &entry.node.ips;
