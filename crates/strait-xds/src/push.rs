@@ -111,7 +111,10 @@ impl PushController {
             // Nothing translated changed: publish the snapshot (status, tags, the webhook
             // read it) and leave every proxy as it is.
             self.inner.registry.set_mesh_version(mesh.version);
-            debug!(version = mesh.version, "metadata-only change: no proxy rebuilt");
+            debug!(
+                version = mesh.version,
+                "metadata-only change: no proxy rebuilt"
+            );
             return;
         }
         let mut sent = 0usize;
