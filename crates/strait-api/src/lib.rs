@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod istio;
+pub mod labels;
 pub mod mesh_config;
 pub mod object;
 pub mod policy;

@@ -81,7 +81,11 @@ impl InjectorConfig {
             return a.clone();
         }
         match tag {
-            Some(t) => format!("strait-tag-{t}.{}.svc:15010", self.system_namespace),
+            Some(t) => format!(
+                "{}.{}.svc:15010",
+                strait_api::labels::tag_service_name(t),
+                self.system_namespace
+            ),
             None => format!(
                 "strait-{}.{}.svc:15010",
                 self.revision, self.system_namespace

@@ -1,20 +1,10 @@
 //! The labels, annotations, names and ports injection reads and writes.
 
-/// Namespace label: `enabled` injects the namespace's pods with the default revision (the
-/// revision the `default` tag points to), `disabled` (any other value) injects none.
-pub const ISTIO_INJECTION: &str = "istio-injection";
-/// Namespace or pod label naming the revision (or tag) that injects the pods.
-pub const ISTIO_REV: &str = "istio.io/rev";
-/// Pod label (and legacy annotation): `true` asks for injection, `false` refuses it.
-pub const SIDECAR_INJECT: &str = "sidecar.istio.io/inject";
+pub use strait_api::labels::{ISTIO_INJECTION, ISTIO_REV, SIDECAR_INJECT, STRAIT_REV, STRAIT_TAG};
 /// Annotation of injected pods: what was injected (JSON). Its presence makes injection
 /// idempotent.
 pub const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
 
-/// Label of injected pods: the revision that injected them.
-pub const STRAIT_REV: &str = "strait.io/rev";
-/// Label of pods injected through a tag: the tag.
-pub const STRAIT_TAG: &str = "strait.io/tag";
 /// Canonical service name label (Istio's telemetry and tools read it).
 pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
 /// Canonical service revision label.

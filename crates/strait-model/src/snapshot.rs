@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use strait_api::MeshConfig;
+use strait_api::labels::{ISTIO_REV, ISTIO_TAG, STRAIT_REV, TAG_SERVICE_PREFIX, tag_service_name};
 
 use crate::config::ConfigStore;
 use crate::endpoints::EndpointSet;
@@ -102,15 +103,6 @@ impl MeshSnapshot {
     }
 }
 
-/// Label of a tag Service naming its tag.
-pub const TAG_LABEL: &str = "istio.io/tag";
-/// Label of revisioned objects naming their revision.
-pub const REV_LABEL: &str = "istio.io/rev";
-/// Label of a control-plane pod (and of pods strait injected) naming its revision.
-pub const POD_REV_LABEL: &str = "strait.io/rev";
-/// Prefix of a tag Service's name (`strait-tag-<tag>`).
-pub const TAG_SERVICE_PREFIX: &str = "strait-tag-";
-
 /// Whether the revision a tag points at can take the proxies connected through the tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TagReadiness {
@@ -131,14 +123,14 @@ impl MeshSnapshot {
         self.services_in(system_namespace)
             .filter_map(|s| {
                 let tag = s.key.name.strip_prefix(TAG_SERVICE_PREFIX)?;
-                if s.labels.get(TAG_LABEL).is_some_and(|t| t != tag) {
+                if s.labels.get(ISTIO_TAG).is_some_and(|t| t != tag) {
                     return None;
                 }
                 let rev = s
                     .selector
                     .as_ref()
-                    .and_then(|sel| sel.get(POD_REV_LABEL))
-                    .or_else(|| s.labels.get(REV_LABEL))?;
+                    .and_then(|sel| sel.get(STRAIT_REV))
+                    .or_else(|| s.labels.get(ISTIO_REV))?;
                 Some((tag.to_string(), rev.clone()))
             })
             .collect()
@@ -147,7 +139,7 @@ impl MeshSnapshot {
     /// Whether the tag Service of `tag` can deliver proxies to `revision`: one of its endpoints
     /// is ready and belongs to a pod of that revision.
     pub fn tag_readiness(&self, system_namespace: &str, tag: &str, revision: &str) -> TagReadiness {
-        let key = ServiceKey::new(system_namespace, &format!("{TAG_SERVICE_PREFIX}{tag}"));
+        let key = ServiceKey::new(system_namespace, &tag_service_name(tag));
         let Some(service) = self.services.get(&key) else {
             return TagReadiness::NotReady;
         };
@@ -161,7 +153,7 @@ impl MeshSnapshot {
         };
         let ready = endpoints.groups.iter().flat_map(|g| &g.endpoints).any(|e| {
             e.health == crate::endpoints::Health::Healthy
-                && e.labels.get(POD_REV_LABEL).map(String::as_str) == Some(revision)
+                && e.labels.get(STRAIT_REV).map(String::as_str) == Some(revision)
         });
         if ready {
             TagReadiness::Ready
@@ -200,7 +192,7 @@ mod tag_tests {
         Endpoint {
             address: ip.parse().expect("ip"),
             health,
-            labels: Arc::new(labels(&[("app", "strait"), (POD_REV_LABEL, rev)])),
+            labels: Arc::new(labels(&[("app", "strait"), (STRAIT_REV, rev)])),
             locality: Arc::default(),
             pod: None,
             cluster: Arc::from(""),
@@ -235,25 +227,25 @@ mod tag_tests {
                 service(
                     "istio-system",
                     "strait-tag-prod",
-                    Some(labels(&[("app", "strait"), (POD_REV_LABEL, "canary")])),
-                    labels(&[(TAG_LABEL, "prod"), (REV_LABEL, "stable")]),
+                    Some(labels(&[("app", "strait"), (STRAIT_REV, "canary")])),
+                    labels(&[(ISTIO_TAG, "prod"), (ISTIO_REV, "stable")]),
                 ),
                 // Hand-made, no selector: its label says.
                 service(
                     "istio-system",
                     "strait-tag-default",
                     None,
-                    labels(&[(REV_LABEL, "stable")]),
+                    labels(&[(ISTIO_REV, "stable")]),
                 ),
                 // Not a tag Service: the label names another tag.
                 service(
                     "istio-system",
                     "strait-tag-odd",
                     None,
-                    labels(&[(TAG_LABEL, "other"), (REV_LABEL, "x")]),
+                    labels(&[(ISTIO_TAG, "other"), (ISTIO_REV, "x")]),
                 ),
                 // Another namespace.
-                service("shop", "strait-tag-x", None, labels(&[(REV_LABEL, "y")])),
+                service("shop", "strait-tag-x", None, labels(&[(ISTIO_REV, "y")])),
                 service("istio-system", "strait-stable", None, Labels::new()),
             ],
             Vec::new(),
@@ -275,7 +267,7 @@ mod tag_tests {
             service(
                 "istio-system",
                 "strait-tag-prod",
-                Some(labels(&[("app", "strait"), (POD_REV_LABEL, "canary")])),
+                Some(labels(&[("app", "strait"), (STRAIT_REV, "canary")])),
                 Labels::new(),
             )
         };

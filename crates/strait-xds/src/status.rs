@@ -240,11 +240,6 @@ impl SyncRegistry {
         lock(&self.conns).values().cloned().collect()
     }
 
-    /// The control plane's revision.
-    pub fn revision(&self) -> &str {
-        &self.revision
-    }
-
     /// Number of connected proxies.
     pub fn len(&self) -> usize {
         lock(&self.conns).len()

@@ -33,18 +33,11 @@ use strait_api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use strait_sources::kube::KubeCluster;
 use tracing::info;
 
-/// Label of a revision's objects (webhooks, tags) and of the pods selecting one.
-pub const REV_LABEL: &str = "istio.io/rev";
-/// Label of a tag's objects.
-pub const TAG_LABEL: &str = "istio.io/tag";
-/// Label the injector puts on pods: the revision that injected them.
-pub const POD_REV_LABEL: &str = "strait.io/rev";
-/// Label the injector puts on pods injected through a tag: the tag.
-pub const POD_TAG_LABEL: &str = "strait.io/tag";
-/// The legacy namespace label the `default` tag owns.
-pub const INJECTION_LABEL: &str = "istio-injection";
-/// The pod label (or annotation) that opts a pod in or out of injection.
-pub const INJECT_LABEL: &str = "sidecar.istio.io/inject";
+pub use strait_api::labels::{
+    ISTIO_INJECTION as INJECTION_LABEL, ISTIO_REV as REV_LABEL, ISTIO_TAG as TAG_LABEL,
+    SIDECAR_INJECT as INJECT_LABEL, STRAIT_REV as POD_REV_LABEL, STRAIT_TAG as POD_TAG_LABEL,
+    tag_service_name,
+};
 /// The revision (and tag) that owns `istio-injection=enabled`.
 pub const DEFAULT: &str = "default";
 /// The xDS port of the control plane and of tag Services.
@@ -63,11 +56,6 @@ pub fn revision_service_name(rev: &str) -> String {
 /// Name of the MutatingWebhookConfiguration of tag `tag` (Istio's name).
 pub fn tag_webhook_name(tag: &str) -> String {
     format!("istio-revision-tag-{tag}")
-}
-
-/// Name of the Service of tag `tag`, which proxies injected through it connect to.
-pub fn tag_service_name(tag: &str) -> String {
-    format!("strait-tag-{tag}")
 }
 
 /// Why a tag command refused or failed.

@@ -26,7 +26,7 @@ use super::status::KubeProblem;
 use super::trim::trim;
 
 /// The label that scopes Istio config to one control-plane revision.
-pub const REVISION_LABEL: &str = "istio.io/rev";
+pub use strait_api::labels::ISTIO_REV as REVISION_LABEL;
 
 /// What one watcher event leads to.
 #[derive(Debug, Default)]
