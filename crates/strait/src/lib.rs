@@ -11,6 +11,7 @@ pub mod init;
 pub mod inject;
 pub mod proxy_status;
 pub mod serve;
+mod table;
 pub mod tag;
 pub mod validate;
 pub mod webhook;

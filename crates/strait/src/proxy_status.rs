@@ -101,7 +101,7 @@ fn state(p: &ProxySyncz, t: &str) -> String {
 
 /// Renders the table `istioctl proxy-status` users know.
 pub fn table(planes: &[Syncz]) -> String {
-    let mut rows = vec![[
+    let mut rows = vec![vec![
         "NAME".to_string(),
         "CDS".to_string(),
         "LDS".to_string(),
@@ -114,7 +114,7 @@ pub fn table(planes: &[Syncz]) -> String {
     ]];
     for plane in planes {
         for p in &plane.proxies {
-            rows.push([
+            rows.push(vec![
                 p.proxy.clone(),
                 state(p, "CDS"),
                 state(p, "LDS"),
@@ -129,23 +129,7 @@ pub fn table(planes: &[Syncz]) -> String {
             ]);
         }
     }
-    let mut widths = [0usize; 9];
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.len());
-        }
-    }
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(line.join("   ").trim_end());
-        out.push('\n');
-    }
-    out
+    crate::table::render(&rows)
 }
 
 /// Fetches and prints every control plane's delivery state.

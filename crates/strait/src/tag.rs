@@ -672,24 +672,6 @@ pub async fn list(client: &kube::Client) -> Result<TagReport> {
     Ok(TagReport { tags, revisions })
 }
 
-fn render_table(rows: &[Vec<String>]) -> String {
-    let cols = rows.first().map(Vec::len).unwrap_or_default();
-    let widths: Vec<usize> = (0..cols)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or_default())
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(line.join("   ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 fn join_or_dash(items: &[String]) -> String {
     if items.is_empty() {
         "-".to_string()
@@ -729,7 +711,11 @@ impl TagReport {
                 r.pinned.to_string(),
             ]
         }));
-        format!("{}\n{}", render_table(&tags), render_table(&revs))
+        format!(
+            "{}\n{}",
+            crate::table::render(&tags),
+            crate::table::render(&revs)
+        )
     }
 }
 
