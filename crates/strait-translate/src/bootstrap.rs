@@ -156,6 +156,43 @@ fn split_host_port(addr: &str) -> (String, u16) {
     (addr.to_string(), 15010)
 }
 
+/// The Envoy binary to run bootstraps with: `STRAIT_ENVOY`, else the newest version that
+/// `cargo xtask envoy` (and `.ci/run`) installed under `$STRAIT_CACHE/envoy/<version>/`
+/// (default cache `~/.cache/strait`), else `envoy` on the `PATH`. `None` when there is none.
+pub fn installed_envoy() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(p) = std::env::var_os("STRAIT_ENVOY") {
+        return Some(PathBuf::from(p));
+    }
+    let cache = std::env::var_os("STRAIT_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/strait")));
+    if let Some(cache) = cache
+        && let Ok(entries) = std::fs::read_dir(cache.join("envoy"))
+    {
+        let newest = entries
+            .flatten()
+            .filter_map(|e| {
+                let version: Vec<u32> = e
+                    .file_name()
+                    .to_string_lossy()
+                    .split('.')
+                    .map(|p| p.parse().ok())
+                    .collect::<Option<_>>()?;
+                let bin = e.path().join("envoy/_bin/envoy");
+                bin.exists().then_some((version, bin))
+            })
+            .max();
+        if let Some((_, bin)) = newest {
+            return Some(bin);
+        }
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("envoy"))
+        .find(|bin| bin.exists())
+}
+
 /// A complete bootstrap, as a JSON value (Envoy reads it as YAML or JSON).
 pub fn bootstrap(o: &BootstrapOptions) -> Value {
     let (xds_host, xds_port) = split_host_port(&o.xds_address);

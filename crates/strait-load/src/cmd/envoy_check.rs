@@ -72,44 +72,11 @@ pub fn find_envoy(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
-    if let Some(p) = std::env::var_os("STRAIT_ENVOY") {
-        return Ok(PathBuf::from(p));
-    }
-    let cache = std::env::var_os("STRAIT_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/strait")));
-    if let Some(cache) = cache
-        && let Ok(entries) = std::fs::read_dir(cache.join("envoy"))
-    {
-        let mut found: Vec<(Vec<u32>, PathBuf)> = entries
-            .flatten()
-            .filter_map(|e| {
-                let version: Vec<u32> = e
-                    .file_name()
-                    .to_string_lossy()
-                    .split('.')
-                    .map(|p| p.parse().ok())
-                    .collect::<Option<_>>()?;
-                let bin = e.path().join("envoy/_bin/envoy");
-                bin.exists().then_some((version, bin))
-            })
-            .collect();
-        found.sort();
-        if let Some((_, bin)) = found.pop() {
-            return Ok(bin);
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let bin = dir.join("envoy");
-            if bin.exists() {
-                return Ok(bin);
-            }
-        }
-    }
-    bail!(
-        "no Envoy binary: pass --envoy, set STRAIT_ENVOY, or install one with `cargo xtask envoy`"
-    )
+    strait_translate::bootstrap::installed_envoy().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no Envoy binary: pass --envoy, set STRAIT_ENVOY, or install one with `cargo xtask envoy`"
+        )
+    })
 }
 
 /// A stock Envoy. Killed (and reaped) on drop.
