@@ -581,7 +581,8 @@ fn api_group(shared: &Shared, group: &str) -> Option<Value> {
 }
 
 /// The pod proxy subresource (`/api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`): a GET
-/// forwarded over HTTP/1.1 to the pod's IP, as the API server does. `None` for other paths.
+/// forwarded to the pod's IP, as the API server does (over HTTP/1.0, so the answer is never
+/// chunked). `None` for other paths.
 async fn pod_proxy(shared: &Shared, path: &str, query: Option<&str>) -> Option<Response> {
     let rest = path.strip_prefix("/api/v1/namespaces/")?;
     let (ns, rest) = rest.split_once("/pods/")?;
@@ -612,8 +613,7 @@ async fn pod_proxy(shared: &Shared, path: &str, query: Option<&str>) -> Option<R
     let answer = async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut conn = TcpStream::connect((ip, port)).await?;
-        let request =
-            format!("GET {target_path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {target_path} HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n");
         conn.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
         conn.read_to_end(&mut raw).await?;
@@ -633,30 +633,7 @@ async fn pod_proxy(shared: &Shared, path: &str, query: Option<&str>) -> Option<R
         .and_then(|c| c.parse::<u16>().ok())
         .and_then(|c| StatusCode::from_u16(c).ok())
         .unwrap_or(StatusCode::BAD_GATEWAY);
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked { dechunk(&body) } else { body };
     Some((code, [(header::CONTENT_TYPE, "application/json")], body).into_response())
-}
-
-/// The body of a chunked HTTP/1.1 response.
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&raw[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
-            .unwrap_or(0);
-        raw = &raw[eol + 2..];
-        if size == 0 || raw.len() < size {
-            break;
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw = raw.get(size + 2..).unwrap_or_default();
-    }
-    out
 }
 
 async fn handle(
