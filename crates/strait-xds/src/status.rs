@@ -235,9 +235,13 @@ impl SyncRegistry {
         lock(&self.conns).remove(&conn);
     }
 
-    /// Every connection, in connection order.
-    pub fn connections(&self) -> Vec<Arc<ConnectionStatus>> {
-        lock(&self.conns).values().cloned().collect()
+    /// The connections of proxies that follow a revision tag, in connection order.
+    pub fn tagged_connections(&self) -> Vec<Arc<ConnectionStatus>> {
+        lock(&self.conns)
+            .values()
+            .filter(|c| c.tag.is_some())
+            .cloned()
+            .collect()
     }
 
     /// Number of connected proxies.

@@ -421,7 +421,7 @@ pub async fn run_tag_mover(
         }
         let Some(mesh) = push.mesh() else { continue };
         let conns: Vec<TaggedConn> = registry
-            .connections()
+            .tagged_connections()
             .into_iter()
             .filter_map(|c| {
                 Some(TaggedConn {
