@@ -10,6 +10,13 @@ use tracing::{info, warn};
 
 mod cmd;
 
+/// Thousands of simulated proxies each receive and drop large responses: glibc's malloc
+/// returns those pages to the kernel and faults fresh zeroed ones in for the next response,
+/// which made page clearing the harness's largest CPU cost (it shares the cores with strait).
+/// mimalloc reuses them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load harness for strait: a generated mesh, churn, and many simulated ADS proxies.
 #[derive(Parser)]
 #[command(

@@ -76,6 +76,18 @@ impl Problems {
     }
 }
 
+/// Objects held or now held by the files a scan found changed.
+#[derive(Default)]
+struct Touched {
+    refs: BTreeSet<ObjectRef>,
+    /// A file was read anew or removed (its objects may be unchanged: its problems changed).
+    changed: bool,
+}
+
+/// Above this many (changed objects × files), one walk over every file is cheaper than
+/// looking each changed object up in every file.
+const FULL_DIFF_ABOVE: usize = 1 << 20;
+
 /// Reads a directory of manifests and reports what changed since the last scan.
 pub struct DirSource {
     root: PathBuf,
@@ -113,9 +125,12 @@ fn list_manifests(root: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         if name.to_string_lossy().starts_with('.') {
             continue;
         }
-        let is_dir = std::fs::metadata(&path)
-            .map(|m| m.is_dir())
-            .unwrap_or(false);
+        // Only a symbolic link (as in a mounted ConfigMap) needs a stat to know its target.
+        let is_dir = match entry.file_type() {
+            Ok(t) if t.is_symlink() => std::fs::metadata(&path).is_ok_and(|m| m.is_dir()),
+            Ok(t) => t.is_dir(),
+            Err(_) => false,
+        };
         if is_dir {
             list_manifests(&path, out)?;
         } else if is_manifest(&path) {
@@ -148,7 +163,7 @@ impl DirSource {
         self.scans.clone()
     }
 
-    /// Reads what changed on disk and returns the events that bring the index up to date.
+    /// Reads the whole directory and returns the events that bring the index up to date.
     pub fn scan(&mut self) -> Result<Vec<Event>> {
         self.scans
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -159,7 +174,7 @@ impl DirSource {
         })?;
         paths.sort();
         let present: BTreeSet<PathBuf> = paths.iter().cloned().collect();
-        let mut changed = false;
+        let mut touched = Touched::default();
         let gone: Vec<PathBuf> = self
             .files
             .keys()
@@ -167,42 +182,121 @@ impl DirSource {
             .cloned()
             .collect();
         for p in gone {
-            info!(file = %p.display(), "manifest file removed");
-            self.files.remove(&p);
-            self.problems.set(&p, Vec::new());
-            changed = true;
+            self.forget_file(&p, &mut touched);
         }
         for path in paths {
-            if self.refresh_file(&path) {
-                changed = true;
-            }
+            self.refresh_file(&path, &mut touched);
         }
-        if !changed {
-            return Ok(Vec::new());
-        }
-        Ok(self.diff())
+        Ok(self.diff_touched(touched))
     }
 
-    /// Re-reads one file if it changed; true if its objects or problems changed.
-    fn refresh_file(&mut self, path: &Path) -> bool {
+    /// Looks only at the paths the file system reported (files created, written, renamed
+    /// or removed, directories created or removed) and returns the events that bring the
+    /// index up to date. Falls back to a whole scan for anything it cannot judge from the
+    /// paths alone: the root itself, or a hidden directory or link (a ConfigMap volume swaps
+    /// its `..data` link, which changes every file behind it without an event on them).
+    pub fn scan_paths(&mut self, changed: &BTreeSet<PathBuf>) -> Result<Vec<Event>> {
+        if self.root.is_file() || changed.iter().any(|p| self.needs_full_scan(p)) {
+            return self.scan();
+        }
+        self.scans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut touched = Touched::default();
+        for path in changed {
+            if self.hidden(path) != Some(false) {
+                continue;
+            }
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_dir() => {
+                    let mut found = Vec::new();
+                    if let Err(source) = list_manifests(path, &mut found) {
+                        warn!(dir = %path.display(), error = %source, "cannot list a new directory; scanning everything");
+                        return self.scan();
+                    }
+                    found.sort();
+                    for f in found {
+                        self.refresh_file(&f, &mut touched);
+                    }
+                }
+                Ok(_) => {
+                    if is_manifest(path) {
+                        self.refresh_file(path, &mut touched);
+                    }
+                }
+                Err(_) => {
+                    // Gone: the file, or every file of a removed directory.
+                    let gone: Vec<PathBuf> = self
+                        .files
+                        .range(path.clone()..)
+                        .take_while(|(p, _)| p.starts_with(path))
+                        .map(|(p, _)| p.clone())
+                        .collect();
+                    for p in gone {
+                        self.forget_file(&p, &mut touched);
+                    }
+                }
+            }
+        }
+        Ok(self.diff_touched(touched))
+    }
+
+    /// True for a reported path that a look at it alone cannot settle.
+    fn needs_full_scan(&self, path: &Path) -> bool {
+        match self.hidden(path) {
+            None => true,
+            // A hidden file (an editor's or a writer's temporary) is ignored; a hidden
+            // directory or link may stand behind visible files.
+            Some(hidden) => {
+                hidden
+                    && std::fs::symlink_metadata(path)
+                        .is_ok_and(|m| m.is_dir() || m.file_type().is_symlink())
+            }
+        }
+    }
+
+    /// Whether a path below the root has a hidden component (such paths are never read);
+    /// `None` for the root itself or a path outside it.
+    fn hidden(&self, path: &Path) -> Option<bool> {
+        let rel = path.strip_prefix(&self.root).ok()?;
+        if rel.as_os_str().is_empty() {
+            return None;
+        }
+        Some(
+            rel.components()
+                .any(|c| c.as_os_str().to_string_lossy().starts_with('.')),
+        )
+    }
+
+    /// Drops a file that is gone.
+    fn forget_file(&mut self, path: &Path, touched: &mut Touched) {
+        if let Some(state) = self.files.remove(path) {
+            info!(file = %path.display(), "manifest file removed");
+            self.problems.set(path, Vec::new());
+            touched.refs.extend(state.objects.into_keys());
+            touched.changed = true;
+        }
+    }
+
+    /// Re-reads one file if it changed, and records the objects it held and holds.
+    fn refresh_file(&mut self, path: &Path, touched: &mut Touched) {
         let quick = fingerprint(path, None);
         if let (Some(state), Some(q)) = (self.files.get(path), &quick)
             && state.fingerprint.len == q.len
             && state.fingerprint.modified == q.modified
         {
-            return false;
+            return;
         }
         let Ok(bytes) = std::fs::read(path) else {
-            return false;
+            return;
         };
         let Some(fp) = fingerprint(path, Some(&bytes)) else {
-            return false;
+            return;
         };
         if let Some(state) = self.files.get_mut(path)
             && state.fingerprint.hash == fp.hash
         {
             state.fingerprint = fp;
-            return false;
+            return;
         }
         let content = load_file(path, &self.opts.default_namespace);
         let previous = self.files.remove(path);
@@ -251,6 +345,9 @@ impl DirSource {
         }
         debug!(file = %path.display(), objects = objects.len(), ignored = content.ignored, "manifest file read");
         self.problems.set(path, content.problems.clone());
+        touched.refs.extend(prev_objects.into_keys());
+        touched.refs.extend(objects.keys().cloned());
+        touched.changed = true;
         self.files.insert(
             path.to_path_buf(),
             FileState {
@@ -259,7 +356,51 @@ impl DirSource {
                 problems: content.problems,
             },
         );
-        true
+    }
+
+    /// The events for the objects that changed files held or hold: each object's version in
+    /// force (the last file defining it wins) compared with what was applied. Many objects
+    /// (a first scan, a large copy) are settled by one walk over every file instead.
+    fn diff_touched(&mut self, touched: Touched) -> Vec<Event> {
+        if !touched.changed {
+            return Vec::new();
+        }
+        if touched.refs.len().saturating_mul(self.files.len()) > FULL_DIFF_ABOVE {
+            return self.diff();
+        }
+        let mut events = Vec::new();
+        let mut removed = Vec::new();
+        for r in touched.refs {
+            let mut defining = self
+                .files
+                .iter()
+                .rev()
+                .filter_map(|(p, f)| f.objects.get(&r).map(|o| (p, o)));
+            let winner = defining.next();
+            if let (Some((later, _)), Some((earlier, _))) = (winner, defining.next()) {
+                warn!(object = %r, first = %earlier.display(), second = %later.display(), "object defined in two files; the later file wins");
+            }
+            match winner {
+                Some((_, o)) => {
+                    let same = self
+                        .applied
+                        .get(&r)
+                        .is_some_and(|old| Arc::ptr_eq(old, o) || **old == **o);
+                    if !same {
+                        events.push(Event::Apply(Box::new((**o).clone())));
+                        self.applied.insert(r, o.clone());
+                    }
+                }
+                None => {
+                    if self.applied.remove(&r).is_some() {
+                        removed.push(r);
+                    }
+                }
+            }
+        }
+        removed.sort();
+        events.extend(removed.into_iter().map(Event::Delete));
+        events
     }
 
     /// The objects the files define now (later files win), compared with what was applied.
@@ -328,13 +469,19 @@ impl DirSource {
         if tx.send(Event::Synced.into()).await.is_err() {
             return Ok(());
         }
-        let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<()>();
+        // The paths a notification names; `None` when it cannot say (a queue overflow, an
+        // error): then everything is scanned.
+        let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<Option<Vec<PathBuf>>>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            // Reads (our own scans open every file) change nothing: reacting to them would
-            // make each scan trigger the next.
-            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-                let _ = notify_tx.send(());
-            }
+            let paths = match res {
+                // Reads (our own scans open every file) change nothing: reacting to them
+                // would make each scan trigger the next.
+                Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => return,
+                Ok(e) if e.need_rescan() || e.paths.is_empty() => None,
+                Ok(e) => Some(e.paths),
+                Err(_) => None,
+            };
+            let _ = notify_tx.send(paths);
         })
         .and_then(|mut w| {
             w.watch(&self.root, notify::RecursiveMode::Recursive)?;
@@ -354,23 +501,43 @@ impl DirSource {
         let mut poll = tokio::time::interval(self.opts.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // The paths reported since the last scan; `None`: scan everything.
+            let mut reported: Option<BTreeSet<PathBuf>> = None;
             tokio::select! {
-                n = notify_rx.recv() => {
-                    if n.is_none() {
-                        // The watcher is gone; keep polling.
+                n = notify_rx.recv() => match n {
+                    // The watcher is gone; keep polling.
+                    None => {
                         poll.tick().await;
-                    } else {
+                    }
+                    Some(first) => {
                         // Let a burst of writes (an editor saving, a `cp -r`) finish.
                         tokio::time::sleep(self.opts.settle).await;
-                        while notify_rx.try_recv().is_ok() {}
+                        let mut paths = first.map(BTreeSet::from_iter);
+                        while let Ok(more) = notify_rx.try_recv() {
+                            match (&mut paths, more) {
+                                (Some(p), Some(more)) => p.extend(more),
+                                _ => paths = None,
+                            }
+                        }
+                        reported = paths;
                     }
-                }
+                },
                 _ = poll.tick() => {}
             }
-            match self.scan() {
+            let started = std::time::Instant::now();
+            let scanned = match &reported {
+                Some(paths) => self.scan_paths(paths),
+                None => self.scan(),
+            };
+            match scanned {
                 Ok(events) => {
                     if !events.is_empty() {
-                        info!(changes = events.len(), "config directory changed");
+                        info!(
+                            changes = events.len(),
+                            files = reported.as_ref().map(BTreeSet::len),
+                            ms = started.elapsed().as_secs_f64() * 1e3,
+                            "config directory changed"
+                        );
                     }
                     for e in events {
                         if tx.send(e.into()).await.is_err() {
@@ -498,6 +665,126 @@ mod tests {
         std::fs::remove_file(dir.path().join("2.yaml")).expect("rm");
         let ev = src.scan().expect("scan");
         assert_eq!(names(&ev), ["apply Service default/a"]);
+    }
+
+    fn set_of(dir: &Path, names: &[&str]) -> BTreeSet<PathBuf> {
+        names.iter().map(|n| dir.join(n)).collect()
+    }
+
+    #[test]
+    fn reported_paths_alone_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let mut src = DirSource::new(d, DirOptions::default());
+        write(d, "a.yaml", &svc("a", 80));
+        write(d, "b.yaml", &svc("b", 80));
+        src.scan().expect("scan");
+        write(d, "a.yaml", &svc("a", 81));
+        write(d, "b.yaml", &svc("b", 81));
+        // Only b is reported: only b is read.
+        assert_eq!(
+            names(&src.scan_paths(&set_of(d, &["b.yaml"])).expect("scan")),
+            ["apply Service default/b"]
+        );
+        // A whole scan (the poll) still finds a.
+        assert_eq!(
+            names(&src.scan().expect("scan")),
+            ["apply Service default/a"]
+        );
+        // A writer's hidden temporary renamed into place: the temporary is ignored.
+        std::fs::write(d.join(".c.yaml.tmp"), svc("c", 80)).expect("write");
+        std::fs::rename(d.join(".c.yaml.tmp"), d.join("c.yaml")).expect("rename");
+        assert_eq!(
+            names(
+                &src.scan_paths(&set_of(d, &[".c.yaml.tmp", "c.yaml"]))
+                    .expect("scan")
+            ),
+            ["apply Service default/c"]
+        );
+        std::fs::remove_file(d.join("c.yaml")).expect("rm");
+        assert_eq!(
+            names(&src.scan_paths(&set_of(d, &["c.yaml"])).expect("scan")),
+            ["delete Service default/c"]
+        );
+        assert!(src.scan().expect("scan").is_empty(), "nothing left unseen");
+    }
+
+    #[test]
+    fn reported_paths_keep_later_files_winning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let mut src = DirSource::new(d, DirOptions::default());
+        write(d, "1.yaml", &svc("a", 80));
+        write(d, "2.yaml", &svc("a", 90));
+        src.scan().expect("scan");
+        // The earlier file changes: the later one still wins, nothing to apply.
+        write(d, "1.yaml", &svc("a", 81));
+        assert!(
+            src.scan_paths(&set_of(d, &["1.yaml"]))
+                .expect("scan")
+                .is_empty()
+        );
+        // The later file goes: the earlier one's version takes over.
+        std::fs::remove_file(d.join("2.yaml")).expect("rm");
+        let ev = src.scan_paths(&set_of(d, &["2.yaml"])).expect("scan");
+        assert_eq!(names(&ev), ["apply Service default/a"]);
+        assert!(matches!(&ev[0], Event::Apply(o) if format!("{o:?}").contains("81")));
+    }
+
+    #[test]
+    fn reported_directories_are_listed_and_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let mut src = DirSource::new(d, DirOptions::default());
+        write(d, "a.yaml", &svc("a", 80));
+        src.scan().expect("scan");
+        std::fs::create_dir_all(d.join("team/x")).expect("mkdir");
+        write(&d.join("team"), "b.yaml", &svc("b", 80));
+        write(&d.join("team/x"), "c.yaml", &svc("c", 80));
+        assert_eq!(
+            names(&src.scan_paths(&set_of(d, &["team"])).expect("scan")),
+            ["apply Service default/b", "apply Service default/c"]
+        );
+        std::fs::remove_dir_all(d.join("team")).expect("rm");
+        assert_eq!(
+            names(&src.scan_paths(&set_of(d, &["team"])).expect("scan")),
+            ["delete Service default/b", "delete Service default/c"]
+        );
+    }
+
+    /// A mounted ConfigMap: visible links into a hidden `..data` link, swapped atomically.
+    #[cfg(unix)]
+    #[test]
+    fn swapped_hidden_link_rescans_everything() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let mut src = DirSource::new(d, DirOptions::default());
+        std::fs::create_dir(d.join("..v1")).expect("mkdir");
+        write(&d.join("..v1"), "a.yaml", &svc("a", 80));
+        symlink("..v1", d.join("..data")).expect("link");
+        symlink("..data/a.yaml", d.join("a.yaml")).expect("link");
+        assert_eq!(
+            names(&src.scan().expect("scan")),
+            ["apply Service default/a"]
+        );
+        std::fs::create_dir(d.join("..v2")).expect("mkdir");
+        write(&d.join("..v2"), "a.yaml", &svc("a", 81));
+        // Files in hidden directories are never read on their own.
+        assert!(
+            src.scan_paths(&set_of(d, &["..v2/a.yaml"]))
+                .expect("scan")
+                .is_empty()
+        );
+        symlink("..v2", d.join("..data_tmp")).expect("link");
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).expect("swap");
+        assert_eq!(
+            names(
+                &src.scan_paths(&set_of(d, &["..data_tmp", "..data"]))
+                    .expect("scan")
+            ),
+            ["apply Service default/a"]
+        );
     }
 
     #[tokio::test]
