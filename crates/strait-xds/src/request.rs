@@ -7,7 +7,7 @@
 //! hashes the set; the stream looks at the names only when the hash differs. Sets of names are
 //! shared between the proxies that subscribe to the same ones ([`NameSets`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use bytes::Bytes;
@@ -205,6 +205,36 @@ impl NameSets {
         set
     }
 
+    /// The shared set of `base` plus `added` (none of them in `base`, no duplicates) minus
+    /// `removed` (all of them in `base`). When thousands of proxies holding one set subscribe
+    /// to the same new names (a new service's load assignments), the first builds the new
+    /// set and the others find it by its hash, which follows from `base`'s without looking
+    /// at its names.
+    pub fn change(
+        &self,
+        base: &NameSet,
+        added: &[Arc<str>],
+        removed: &HashSet<&str>,
+    ) -> Arc<NameSet> {
+        let hash = added.iter().fold(base.hash, |h, n| {
+            h.wrapping_add(name_hash(n.as_bytes()))
+        });
+        let hash = removed
+            .iter()
+            .fold(hash, |h, n| h.wrapping_sub(name_hash(n.as_bytes())));
+        if let Some(existing) = self.find(hash) {
+            return existing;
+        }
+        let names: Vec<Arc<str>> = base
+            .names
+            .iter()
+            .filter(|n| !removed.contains(&***n))
+            .chain(added)
+            .cloned()
+            .collect();
+        self.intern(names)
+    }
+
     /// How many sets are alive.
     #[cfg(test)]
     fn live(&self) -> usize {
@@ -298,5 +328,28 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &c));
         drop((a, b));
         assert_eq!(sets.live(), 1);
+    }
+
+    #[test]
+    fn changed_sets_are_the_interned_ones() {
+        let sets = NameSets::default();
+        let names = |v: &[&str]| v.iter().map(|n| Arc::from(*n)).collect::<Vec<Arc<str>>>();
+        let base = sets.intern(names(&["a", "b", "c"]));
+        let gone: HashSet<&str> = ["b"].into_iter().collect();
+        let changed = sets.change(&base, &names(&["d"]), &gone);
+        assert_eq!(
+            changed.iter().map(|n| &**n).collect::<Vec<_>>(),
+            ["a", "c", "d"]
+        );
+        // The same change from another proxy holding the same set shares the result, and it
+        // is the set a proxy listing those names outright gets.
+        assert!(Arc::ptr_eq(
+            &sets.change(&base, &names(&["d"]), &gone),
+            &changed
+        ));
+        assert!(Arc::ptr_eq(&sets.intern(names(&["d", "c", "a"])), &changed));
+        // Back to where it started.
+        let back = sets.change(&changed, &names(&["b"]), &["d"].into_iter().collect());
+        assert!(Arc::ptr_eq(&back, &base));
     }
 }

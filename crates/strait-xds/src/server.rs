@@ -731,15 +731,8 @@ async fn delta_request(
         }
     }
     if !added.is_empty() || !removed.is_empty() {
-        // Subscriptions are shared between proxies holding the same: rebuild and re-intern.
-        let names: Vec<Arc<str>> = st
-            .names
-            .iter()
-            .filter(|n| !removed.contains(&***n))
-            .chain(added.iter())
-            .cloned()
-            .collect();
-        st.names = conn.names.intern(names);
+        // Subscriptions are shared between proxies holding the same names.
+        st.names = conn.names.change(&st.names, &added, &removed);
     }
     if first {
         // The first response is due even when it carries nothing.
