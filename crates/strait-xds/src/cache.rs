@@ -201,6 +201,14 @@ struct ClassLayers {
     used: bool,
 }
 
+/// A sidecar class's route configurations from before a change that touched only some
+/// services: those of ports no changed service has (had) are still right.
+struct StaleRoutes {
+    routes: Arc<ResourceMap>,
+    /// HTTP ports of the services changed since `routes` was built, before and after.
+    touched: BTreeSet<u16>,
+}
+
 /// The proxy-specific (inbound) layers of a snapshot.
 #[derive(Clone)]
 pub struct OwnLayers {
@@ -220,6 +228,8 @@ pub struct ConfigCache {
     visibility: HashMap<VisibilityKey, Arc<Visibility>>,
     static_clusters: HashMap<InterceptionMode, Arc<ResourceMap>>,
     classes: HashMap<ProxyClass, ClassLayers>,
+    /// Route configurations of sidecar classes to reuse port by port when they are rebuilt.
+    stale_routes: HashMap<ProxyClass, StaleRoutes>,
     secrets: HashMap<(Arc<str>, BTreeSet<String>), Arc<ResourceMap>>,
     empty: Arc<ResourceMap>,
 }
@@ -367,6 +377,7 @@ impl ConfigCache {
             visibility: HashMap::new(),
             static_clusters: HashMap::new(),
             classes: HashMap::new(),
+            stale_routes: HashMap::new(),
             secrets: HashMap::new(),
             empty: ResourceMap::empty(),
         }
@@ -384,7 +395,7 @@ impl ConfigCache {
 
     /// Moves to a new mesh snapshot, rebuilding only what `changes` can have affected.
     pub fn update(&mut self, mesh: Arc<MeshSnapshot>, changes: &ChangeSet) {
-        self.mesh = mesh.clone();
+        let previous = std::mem::replace(&mut self.mesh, mesh.clone());
         let config_changed = changes.full || !changes.config.is_empty();
         if config_changed {
             self.config = Arc::new(ConfigIndex::new(&mesh));
@@ -399,7 +410,34 @@ impl ConfigCache {
             // Listeners and routes depend on services, config and namespaces. Not on other
             // pods: a proxy's own workload (labels, for source-conditioned rules) is part of
             // its class, and its inbound side is in its own layers.
-            self.classes.clear();
+            let classes = std::mem::take(&mut self.classes);
+            if config_changed || changes.namespaces || changes.full {
+                self.stale_routes.clear();
+            } else {
+                // Only services changed. A sidecar's route configuration of a port holds the
+                // virtual hosts of the services with that HTTP port: the others stay valid.
+                let touched: BTreeSet<u16> = changes
+                    .services
+                    .iter()
+                    .flat_map(|k| [previous.services.get(k), mesh.services.get(k)])
+                    .flatten()
+                    .flat_map(|svc| svc.ports.iter().map(|p| p.port))
+                    .collect();
+                for stale in self.stale_routes.values_mut() {
+                    stale.touched.extend(touched.iter().copied());
+                }
+                for (class, layers) in classes {
+                    if class.kind == ProxyKind::Sidecar {
+                        self.stale_routes.insert(
+                            class,
+                            StaleRoutes {
+                                routes: layers.routes,
+                                touched: touched.clone(),
+                            },
+                        );
+                    }
+                }
+            }
         }
         if structural {
             // Which services each class sees may change: layers are re-keyed as proxies ask,
@@ -431,6 +469,7 @@ impl ConfigCache {
 
     /// Forgets layers no proxy used since the last call.
     pub fn collect_garbage(&mut self) {
+        self.stale_routes.clear();
         self.scopes
             .retain(|_, s| std::mem::replace(&mut s.used, false));
         self.classes
@@ -515,14 +554,43 @@ impl ConfigCache {
                         .iter()
                         .map(|l| Resource::encode(l.name.as_str(), l)),
                 );
-                let routes =
-                    ResourceMap::new(listener::outbound_http_ports(&ctx).into_iter().map(|p| {
-                        let rc = route::outbound_route_config(
-                            &strait_translate::http_route::RouteContext { port: p, ..ctx },
-                            class,
+                let build = |p: u16| {
+                    let rc = route::outbound_route_config(
+                        &strait_translate::http_route::RouteContext { port: p, ..ctx },
+                        class,
+                    );
+                    Resource::encode(rc.name.as_str(), &rc)
+                };
+                let ports = listener::outbound_http_ports(&ctx);
+                let routes = match self.stale_routes.remove(class) {
+                    Some(stale) => {
+                        // Rebuild the touched ports' configurations, keep the others; the
+                        // patch remembers which changed, for incremental pushes.
+                        let mut changes: Vec<(Arc<str>, Option<Arc<Resource>>)> = Vec::new();
+                        let mut present = BTreeSet::new();
+                        for p in ports {
+                            let name = p.to_string();
+                            let kept = stale
+                                .routes
+                                .get(&name)
+                                .filter(|_| !stale.touched.contains(&p));
+                            if kept.is_none() {
+                                let r = build(p);
+                                changes.push((r.name.clone(), Some(r)));
+                            }
+                            present.insert(name);
+                        }
+                        changes.extend(
+                            stale
+                                .routes
+                                .iter()
+                                .filter(|r| !present.contains(&*r.name))
+                                .map(|r| (r.name.clone(), None)),
                         );
-                        Resource::encode(rc.name.as_str(), &rc)
-                    }));
+                        ResourceMap::patch(&stale.routes, changes)
+                    }
+                    None => ResourceMap::new(ports.into_iter().map(build)),
+                };
                 (listeners, routes, BTreeSet::new())
             }
             ProxyKind::Router => {
@@ -824,6 +892,61 @@ mod tests {
         let b = proxy_at(&mesh, "10.9.0.2", "r1/zb");
         assert_matches_generate(&mut cache, &mesh, &a);
         assert_matches_generate(&mut cache, &mesh, &b);
+    }
+
+    #[test]
+    fn service_change_rebuilds_only_its_ports_routes() {
+        let mut idx = MeshIndex::new(IndexOptions::default());
+        idx.apply(mk_service("web", "shop", &[8080]));
+        idx.apply(mk_service("api", "shop", &[8080, 9090]));
+        idx.apply(mk_service("db", "shop", &[5432]));
+        let (mesh, changes) = idx.snapshot();
+        let mut cache = ConfigCache::new();
+        cache.update(mesh.clone(), &changes);
+        let route = |cache: &mut ConfigCache, mesh: &MeshSnapshot, port: &str| {
+            let (s, _) = cache.proxy_snapshot(&proxy(mesh), None);
+            s.view(XdsType::Route).get(port).cloned()
+        };
+        let before: Vec<_> = ["8080", "9090", "5432"]
+            .iter()
+            .map(|p| route(&mut cache, &mesh, p).expect("route"))
+            .collect();
+        cache.collect_garbage();
+
+        // A new service on 9090: only 9090's virtual hosts are translated again.
+        idx.apply(mk_service("new", "shop", &[9090]));
+        let (mesh, changes) = idx.snapshot();
+        cache.update(mesh.clone(), &changes);
+        assert_matches_generate(&mut cache, &mesh, &proxy(&mesh));
+        let after: Vec<_> = ["8080", "9090", "5432"]
+            .iter()
+            .map(|p| route(&mut cache, &mesh, p).expect("route"))
+            .collect();
+        assert!(Arc::ptr_eq(&before[0], &after[0]), "8080 kept");
+        assert!(!Arc::ptr_eq(&before[1], &after[1]), "9090 rebuilt");
+        assert!(Arc::ptr_eq(&before[2], &after[2]), "5432 kept");
+        cache.collect_garbage();
+
+        // A service that goes takes its ports' routes with it: 9090 only had api and new.
+        idx.delete(&mk_service("new", "shop", &[]).reference());
+        idx.delete(&mk_service("api", "shop", &[]).reference());
+        let (mesh, changes) = idx.snapshot();
+        cache.update(mesh.clone(), &changes);
+        assert_matches_generate(&mut cache, &mesh, &proxy(&mesh));
+        assert!(route(&mut cache, &mesh, "9090").is_none());
+        assert!(Arc::ptr_eq(
+            &before[2],
+            &route(&mut cache, &mesh, "5432").expect("route")
+        ));
+        cache.collect_garbage();
+
+        // Config changes rebuild everything (and still agree with the translation).
+        idx.apply(dr(r#"{"apiVersion":"networking.istio.io/v1","kind":"DestinationRule","metadata":{"name":"web","namespace":"shop"},
+            "spec":{"host":"web","subsets":[{"name":"v1","labels":{"version":"v1"}}]}}"#));
+        idx.apply(mk_service("late", "shop", &[5432]));
+        let (mesh, changes) = idx.snapshot();
+        cache.update(mesh.clone(), &changes);
+        assert_matches_generate(&mut cache, &mesh, &proxy(&mesh));
     }
 
     #[test]

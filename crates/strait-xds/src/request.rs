@@ -216,9 +216,9 @@ impl NameSets {
         added: &[Arc<str>],
         removed: &HashSet<&str>,
     ) -> Arc<NameSet> {
-        let hash = added.iter().fold(base.hash, |h, n| {
-            h.wrapping_add(name_hash(n.as_bytes()))
-        });
+        let hash = added
+            .iter()
+            .fold(base.hash, |h, n| h.wrapping_add(name_hash(n.as_bytes())));
         let hash = removed
             .iter()
             .fold(hash, |h, n| h.wrapping_sub(name_hash(n.as_bytes())));

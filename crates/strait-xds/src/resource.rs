@@ -203,6 +203,16 @@ impl ResourceMap {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+
+    /// Looks a resource up by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {
+        self.items.get(name)
+    }
+
+    /// Every resource, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.items.values()
+    }
 }
 
 /// Remembered walks, by (newer, older) map version.
