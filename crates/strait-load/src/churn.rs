@@ -48,6 +48,15 @@ impl ChangeKind {
         ChangeKind::NewService,
     ];
 
+    /// True for a change of a service's endpoints alone (what the endpoint-convergence
+    /// figures are about).
+    pub fn is_endpoint(self) -> bool {
+        matches!(
+            self,
+            ChangeKind::ScaleUp | ChangeKind::ScaleDown | ChangeKind::Readiness
+        )
+    }
+
     /// The name used in reports.
     pub fn label(self) -> &'static str {
         match self {

@@ -129,6 +129,10 @@ pub struct Report {
     pub convergence_ms: Summary,
     /// `convergence_ms.p99` minus the debounce quiet period.
     pub convergence_p99_beyond_debounce_ms: f64,
+    /// Convergence of the endpoint changes alone (scale-up, scale-down, readiness), ms.
+    pub endpoint_convergence_ms: Summary,
+    /// `endpoint_convergence_ms.p99` minus the debounce quiet period.
+    pub endpoint_p99_beyond_debounce_ms: f64,
     /// Change counts and convergence by kind.
     pub changes: Changes,
     /// strait's RSS once ready, before any proxy, MB.
@@ -256,6 +260,14 @@ impl Report {
         row(
             "convergence p99 beyond debounce",
             format!("{:.0} ms", self.convergence_p99_beyond_debounce_ms),
+        );
+        let e = &self.endpoint_convergence_ms;
+        row(
+            "endpoint changes p50/p90/p99/max",
+            format!(
+                "{:.0} / {:.0} / {:.0} / {:.0} ms ({} changes); p99 beyond debounce {:.0} ms",
+                e.p50, e.p90, e.p99, e.max, e.count, self.endpoint_p99_beyond_debounce_ms
+            ),
         );
         for (kind, k) in &self.changes.by_kind {
             row(
@@ -404,7 +416,10 @@ mod tests {
             ..Default::default()
         };
         assert!(r.table().contains("scale_up"));
+        assert!(r.table().contains("endpoint changes p50/p90/p99/max"));
         let json = serde_json::to_value(&r).expect("json");
         assert!(json["convergence_ms"]["p99"].is_number());
+        assert!(json["endpoint_convergence_ms"]["p99"].is_number());
+        assert!(json["endpoint_p99_beyond_debounce_ms"].is_number());
     }
 }

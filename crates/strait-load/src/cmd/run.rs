@@ -547,6 +547,12 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     let outcomes = tracker.outcomes();
     let changes = Changes::of(&outcomes);
     let convergence = Summary::of(outcomes.iter().filter_map(|o| o.converged_ms));
+    let endpoint_convergence = Summary::of(
+        outcomes
+            .iter()
+            .filter(|o| o.kind.is_endpoint())
+            .filter_map(|o| o.converged_ms),
+    );
     let totals = shared.counters.snapshot();
     let (responses_per_change, bytes_per_change) = counters_per_change(&churn_counters, written);
     let cpu = |a: &Reading, b: &Reading| sampler.cpu_between(a, b);
@@ -575,6 +581,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         initial_bytes: per_type(initial.bytes, 1.0),
         convergence_p99_beyond_debounce_ms: (convergence.p99 - args.debounce_ms as f64).max(0.0),
         convergence_ms: convergence,
+        endpoint_p99_beyond_debounce_ms: (endpoint_convergence.p99 - args.debounce_ms as f64)
+            .max(0.0),
+        endpoint_convergence_ms: endpoint_convergence,
         changes,
         strait_rss_before_proxies_mb: rss_mb(&before),
         strait_rss_connected_mb: rss_mb(&connected),
