@@ -48,7 +48,6 @@ pub struct SotwRequest {
     pub error_detail: Option<RpcStatus>,
     buf: Bytes,
     names: Vec<(u32, u32)>,
-    names_hash: u128,
 }
 
 fn varint(b: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
@@ -97,9 +96,8 @@ impl SotwRequest {
                         1 => out.version_info = text(slice)?.to_string(),
                         2 => out.node = Some(Node::decode(slice)?),
                         3 => {
-                            // Checked for UTF-8 only when looked at.
-                            out.names_hash = out.names_hash.wrapping_add(name_hash(slice));
-                            // Offsets fit: requests are limited far below 4 GiB.
+                            // Checked for UTF-8 (and hashed) only when looked at. Offsets
+                            // fit: requests are limited far below 4 GiB.
                             out.names.push((pos as u32, end as u32));
                         }
                         4 => out.type_url = text(slice)?.to_string(),
@@ -129,7 +127,23 @@ impl SotwRequest {
 
     /// A hash of the set of names, whatever their order.
     pub fn names_hash(&self) -> u128 {
-        self.names_hash
+        self.names.iter().fold(0u128, |h, (s, e)| {
+            h.wrapping_add(name_hash(&self.buf[*s as usize..*e as usize]))
+        })
+    }
+
+    /// A hash of the names exactly as listed (order included), and how many: a proxy that
+    /// repeats its last list (every ACK in the state of the world) is recognised by one pass
+    /// over the bytes instead of a hash per name.
+    pub fn names_fingerprint(&self) -> (u64, usize) {
+        let hash = match (self.names.first(), self.names.last()) {
+            // From the first name to the last: the names and whatever lies between them.
+            (Some((start, _)), Some((_, end))) => {
+                xxhash_rust::xxh3::xxh3_64(&self.buf[*start as usize..*end as usize])
+            }
+            _ => 0,
+        };
+        (hash, self.names.len())
     }
 }
 
@@ -171,7 +185,16 @@ impl NameSet {
 #[derive(Default)]
 pub struct NameSets {
     sets: Mutex<(HashMap<u128, Weak<NameSet>>, usize)>,
+    /// Names in one set and not in another, by the two sets' hashes: thousands of proxies
+    /// move from the same set to the same next one.
+    added: Mutex<AddedCache>,
 }
+
+/// Set differences by (from, to) set hash.
+type AddedCache = HashMap<(u128, u128), Arc<[Arc<str>]>>;
+
+/// Remembered set differences kept at most.
+const ADDED_KEPT: usize = 64;
 
 impl NameSets {
     /// The live set with this hash, if another proxy subscribed to it.
@@ -235,6 +258,35 @@ impl NameSets {
         self.intern(names)
     }
 
+    /// The names of `new` that `old` lacks, in order.
+    pub fn added(&self, old: &NameSet, new: &NameSet) -> Arc<[Arc<str>]> {
+        let key = (old.hash, new.hash);
+        if let Some(found) = self
+            .added
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return found.clone();
+        }
+        // Both sorted: one walk.
+        let mut out = Vec::new();
+        let mut olds = old.names.iter().peekable();
+        for n in new.names.iter() {
+            while olds.next_if(|o| ***o < **n).is_some() {}
+            if olds.next_if(|o| Arc::ptr_eq(o, n) || ***o == **n).is_none() {
+                out.push(n.clone());
+            }
+        }
+        let out: Arc<[Arc<str>]> = out.into();
+        let mut cache = self.added.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= ADDED_KEPT {
+            cache.clear();
+        }
+        cache.insert(key, out.clone());
+        out
+    }
+
     /// How many sets are alive.
     #[cfg(test)]
     fn live(&self) -> usize {
@@ -280,6 +332,37 @@ mod tests {
             r.names().expect("utf-8"),
             ["outbound|80||a", "outbound|80||b"]
         );
+    }
+
+    #[test]
+    fn the_fingerprint_sees_order_and_content() {
+        let f = |names: &[&str]| {
+            SotwRequest::decode(Bytes::from(request(names).encode_to_vec()))
+                .expect("decodes")
+                .names_fingerprint()
+        };
+        assert_eq!(f(&["a", "b", "c"]), f(&["a", "b", "c"]));
+        assert_ne!(f(&["a", "b", "c"]), f(&["c", "a", "b"]));
+        assert_ne!(f(&["a", "b"]), f(&["a", "bb"]));
+        assert_ne!(f(&["ab"]), f(&["a", "b"]));
+        assert_eq!(f(&[]), (0, 0));
+    }
+
+    #[test]
+    fn added_names_are_a_walk_of_both_sets() {
+        let sets = NameSets::default();
+        let set = |v: &[&str]| sets.intern(v.iter().map(|n| Arc::from(*n)).collect());
+        let old = set(&["b", "d", "f"]);
+        let new = set(&["a", "b", "c", "f", "g"]);
+        let added = sets.added(&old, &new);
+        assert_eq!(
+            added.iter().map(|n| &**n).collect::<Vec<_>>(),
+            ["a", "c", "g"]
+        );
+        // The next proxy making the same move gets the same answer without a walk.
+        assert!(Arc::ptr_eq(&added, &sets.added(&old, &new)));
+        assert!(sets.added(&new, &new).is_empty());
+        assert_eq!(sets.added(&new, &old).len(), 1);
     }
 
     #[test]

@@ -332,6 +332,8 @@ struct SotwType {
     /// The view the proxy holds (None: nothing sent yet, or a full resend is due).
     sent: Option<TypeView>,
     nonce: Option<String>,
+    /// [`SotwRequest::names_fingerprint`] of the request `names` came from.
+    listed: Option<(u64, usize)>,
 }
 
 /// The next request of a stream, decoded with `decode`. `Ok(None)`: the proxy closed it.
@@ -461,9 +463,14 @@ async fn sotw_request(
     let mode = if t.is_wildcard_type() {
         initial.then_some(SotwMode::Full)
     } else {
-        // Most requests (every ACK) list the names the proxy listed before: compare hashes,
-        // and look at the names only when they differ.
-        let added: Vec<Arc<str>> = if req.names_hash() == st.names.hash() {
+        // Most requests (every ACK) list the names the proxy listed before, in the same
+        // order: compare the list's bytes, then the set's hash, and look at the names only
+        // when both differ.
+        let listed = req.names_fingerprint();
+        let added: Vec<Arc<str>> = if st.listed == Some(listed) {
+            Vec::new()
+        } else if req.names_hash() == st.names.hash() {
+            st.listed = Some(listed);
             Vec::new()
         } else {
             // Another proxy may have subscribed to exactly these names already.
@@ -478,12 +485,9 @@ async fn sotw_request(
                         .intern(names.into_iter().map(|n| intern(view, n)).collect())
                 }
             };
-            let added = new
-                .iter()
-                .filter(|n| !st.names.contains(n))
-                .cloned()
-                .collect();
+            let added = conn.names.added(&st.names, &new).to_vec();
             st.names = new;
+            st.listed = Some(listed);
             added
         };
         if initial || st.sent.is_none() {
