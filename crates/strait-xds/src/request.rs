@@ -233,11 +233,14 @@ impl NameSets {
     /// to the same new names (a new service's load assignments), the first builds the new
     /// set and the others find it by its hash, which follows from `base`'s without looking
     /// at its names.
+    /// `make` turns a new name into the shared string the set holds; it is called only when
+    /// no proxy holds the resulting set yet.
     pub fn change(
         &self,
         base: &NameSet,
-        added: &[Arc<str>],
+        added: &[&str],
         removed: &HashSet<&str>,
+        make: impl Fn(&str) -> Arc<str>,
     ) -> Arc<NameSet> {
         let hash = added
             .iter()
@@ -252,8 +255,8 @@ impl NameSets {
             .names
             .iter()
             .filter(|n| !removed.contains(&***n))
-            .chain(added)
             .cloned()
+            .chain(added.iter().map(|n| make(n)))
             .collect();
         self.intern(names)
     }
@@ -419,7 +422,7 @@ mod tests {
         let names = |v: &[&str]| v.iter().map(|n| Arc::from(*n)).collect::<Vec<Arc<str>>>();
         let base = sets.intern(names(&["a", "b", "c"]));
         let gone: HashSet<&str> = ["b"].into_iter().collect();
-        let changed = sets.change(&base, &names(&["d"]), &gone);
+        let changed = sets.change(&base, &["d"], &gone, |n| Arc::from(n));
         assert_eq!(
             changed.iter().map(|n| &**n).collect::<Vec<_>>(),
             ["a", "c", "d"]
@@ -427,12 +430,14 @@ mod tests {
         // The same change from another proxy holding the same set shares the result, and it
         // is the set a proxy listing those names outright gets.
         assert!(Arc::ptr_eq(
-            &sets.change(&base, &names(&["d"]), &gone),
+            &sets.change(&base, &["d"], &gone, |_| unreachable!("found by its hash")),
             &changed
         ));
         assert!(Arc::ptr_eq(&sets.intern(names(&["d", "c", "a"])), &changed));
         // Back to where it started.
-        let back = sets.change(&changed, &names(&["b"]), &["d"].into_iter().collect());
+        let back = sets.change(&changed, &["b"], &["d"].into_iter().collect(), |n| {
+            Arc::from(n)
+        });
         assert!(Arc::ptr_eq(&back, &base));
     }
 }

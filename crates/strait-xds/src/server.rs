@@ -716,14 +716,14 @@ async fn delta_request(
         }
     }
     let view = conn.snapshot.as_ref().map(|s| s.view(t));
-    let mut added = Vec::new();
+    let mut fresh: Vec<&str> = Vec::new();
     // A subscription may list thousands of names: deduplicate by hash, not by scanning.
     let mut seen: HashSet<&str> = HashSet::new();
     for n in &req.resource_names_subscribe {
         if n == "*" {
             st.wildcard = true;
         } else if !st.names.contains(n) && seen.insert(n.as_str()) {
-            added.push(intern(view, n));
+            fresh.push(n);
         }
     }
     let mut removed: HashSet<&str> = HashSet::new();
@@ -734,14 +734,18 @@ async fn delta_request(
             removed.insert(n.as_str());
         }
     }
-    if !added.is_empty() || !removed.is_empty() {
-        // Subscriptions are shared between proxies holding the same names.
-        st.names = conn.names.change(&st.names, &added, &removed);
+    if !fresh.is_empty() || !removed.is_empty() {
+        // Subscriptions are shared between proxies holding the same names (the names are
+        // looked up in the snapshot only by the first proxy to hold a set).
+        st.names = conn
+            .names
+            .change(&st.names, &fresh, &removed, |n| intern(view, n));
     }
     if first {
         // The first response is due even when it carries nothing.
         delta_push(conn, types, t, Vec::new(), tx).await
-    } else if !added.is_empty() {
+    } else if !fresh.is_empty() {
+        let added = fresh.iter().map(|n| intern(view, n)).collect();
         delta_push(conn, types, t, added, tx).await
     } else {
         Ok(())
@@ -776,7 +780,11 @@ async fn delta_push(
                 st.names.iter().filter_map(|n| view.get(n)).collect()
             };
             for r in candidates {
-                if initial.get(&*r.name).map(String::as_str) != Some(r.version_string().as_str()) {
+                // Versions are formatted only for what the proxy says it holds.
+                if initial
+                    .get(&*r.name)
+                    .is_none_or(|held| *held != r.version_string())
+                {
                     resources.push(r.clone());
                 }
             }

@@ -113,7 +113,14 @@ const SECTION_MIN: usize = 8;
 #[derive(Default)]
 pub struct Sections {
     map: Mutex<(SectionMap, usize)>,
+    /// The sections built last, held for the proxies that ask for the same resources a little
+    /// later (proxies connecting one after another would otherwise each encode them again
+    /// once the previous stream has sent its copy), up to [`RECENT_BYTES`].
+    recent: Mutex<std::collections::VecDeque<Arc<Vec<u8>>>>,
 }
+
+/// Bytes of recently built sections kept alive.
+const RECENT_BYTES: usize = 8 << 20;
 
 /// Sections by style and hash of their resources' versions.
 type SectionMap = HashMap<(Style, u64), Weak<Vec<u8>>>;
@@ -150,6 +157,15 @@ impl Sections {
         if *inserts >= 256 {
             *inserts = 0;
             map.retain(|_, w| w.strong_count() > 0);
+        }
+        drop(guard);
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.push_back(v.clone());
+        let mut held: usize = recent.iter().map(|s| s.len()).sum();
+        while held > RECENT_BYTES && recent.len() > 1 {
+            if let Some(old) = recent.pop_front() {
+                held -= old.len();
+            }
         }
         Bytes::from_owner(Section(v))
     }
