@@ -1,44 +1,15 @@
 //! The user's path, through the real binary: `strait serve` on a config directory, a stock
 //! Envoy started from `strait bootstrap`, requests through it, and `strait proxy-status`.
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use strait_e2e::mesh::{Endpoint, endpoints, service};
-use strait_e2e::{Envoy, Upstream, eventually, http_client, loopback_ip};
-
-/// The `strait` binary cargo built next to this test.
-fn strait_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("STRAIT_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("test path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("strait");
-    assert!(
-        bin.exists(),
-        "{} missing: build with cargo build -p strait",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port(ip: IpAddr) -> SocketAddr {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use strait_e2e::{
+    Envoy, Killed, Upstream, eventually, free_port, http_client, loopback_ip, strait_bin,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_bootstrap_and_proxy_status() {

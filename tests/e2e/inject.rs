@@ -5,7 +5,7 @@
 //! everything; the commands as users and pods run them; and, against a real cluster (ignored
 //! without one), the API server calling the webhook.
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -17,7 +17,9 @@ use strait::webhook::WebhookConfig;
 use strait_api::k8s_openapi::ByteString;
 use strait_e2e::fakeapi::FakeApiServer;
 use strait_e2e::mesh::{Endpoint, endpoints, service};
-use strait_e2e::{Strait, Upstream, eventually, http_client, loopback_ip};
+use strait_e2e::{
+    Killed, Strait, Upstream, eventually, free_port, http_client, loopback_ip, strait_bin,
+};
 use strait_inject::patch::{self, Op};
 use strait_inject::validation::validate;
 use strait_sources::kube::{KubeCluster, KubeOptions};
@@ -453,13 +455,6 @@ impl Drop for EnvoyChild {
     }
 }
 
-fn free_port(ip: IpAddr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 fn spawn_envoy(bin: &Path, bootstrap: &Value) -> EnvoyChild {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("envoy.json");
@@ -630,7 +625,7 @@ async fn init_bootstrap_is_accepted_by_stock_envoy() {
         assert_eq!(bootstrap["node"]["metadata"]["STRAIT_REVISION"], "canary");
         // Only what cannot be the same on a test machine changes: ports on loopback.
         let lo: IpAddr = loopback_ip().into();
-        let admin_port = free_port(IpAddr::from([127, 0, 0, 1]));
+        let admin_port = free_port(IpAddr::from([127, 0, 0, 1])).port();
         bootstrap["admin"]["address"]["socket_address"]["port_value"] = json!(admin_port);
         for c in bootstrap["static_resources"]["clusters"]
             .as_array_mut()
@@ -758,31 +753,6 @@ async fn init_bootstrap_is_accepted_by_stock_envoy() {
 }
 
 // ---- The commands, through the real binary ----
-
-/// The `strait` binary cargo built next to this test.
-fn strait_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("STRAIT_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("test path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("strait");
-    assert!(
-        bin.exists(),
-        "{} missing: build with cargo build -p strait",
-        bin.display()
-    );
-    bin
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn inject_and_init_commands() {
@@ -921,7 +891,11 @@ async fn serve_without_a_cluster_writes_its_ca_and_injects() {
     )
     .expect("write");
     let lo = IpAddr::from([127, 0, 0, 1]);
-    let (xds, debug, webhook) = (free_port(lo), free_port(lo), free_port(lo));
+    let (xds, debug, webhook) = (
+        free_port(lo).port(),
+        free_port(lo).port(),
+        free_port(lo).port(),
+    );
     let ca = dir.path().join("webhook-ca.pem");
     let _server = Killed(
         Command::new(strait_bin())

@@ -8,8 +8,9 @@ pub mod mesh;
 pub mod upstream;
 
 use std::future::Future;
-use std::net::Ipv4Addr;
-use std::path::Path;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -73,4 +74,37 @@ pub fn http_client() -> reqwest::Client {
         .pool_max_idle_per_host(0)
         .build()
         .expect("HTTP client")
+}
+
+/// The `strait` binary cargo built next to the running test (or `STRAIT_BIN`).
+pub fn strait_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("STRAIT_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("strait");
+    assert!(
+        bin.exists(),
+        "{} missing: build with cargo build -p strait",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process killed (and reaped) when dropped, also when the test fails.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An address on `ip` with a port free right now (for a child process to bind).
+pub fn free_port(ip: IpAddr) -> SocketAddr {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
 }
