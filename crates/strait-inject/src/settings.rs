@@ -106,24 +106,17 @@ fn merged_proxy_config(
         return Ok(pc);
     };
     let over = annotation_proxy_config(text)?;
-    if over.discovery_address.is_some() {
-        pc.discovery_address = over.discovery_address;
-    }
-    if over.drain_duration.is_some() {
-        pc.drain_duration = over.drain_duration;
-    }
-    if over.termination_drain_duration.is_some() {
-        pc.termination_drain_duration = over.termination_drain_duration;
-    }
-    if over.hold_application_until_proxy_starts.is_some() {
-        pc.hold_application_until_proxy_starts = over.hold_application_until_proxy_starts;
-    }
-    if over.concurrency.is_some() {
-        pc.concurrency = over.concurrency;
-    }
-    if over.resources.is_some() {
-        pc.resources = over.resources;
-    }
+    // The annotation's fields win where it sets them.
+    pc.discovery_address = over.discovery_address.or(pc.discovery_address);
+    pc.drain_duration = over.drain_duration.or(pc.drain_duration);
+    pc.termination_drain_duration = over
+        .termination_drain_duration
+        .or(pc.termination_drain_duration);
+    pc.hold_application_until_proxy_starts = over
+        .hold_application_until_proxy_starts
+        .or(pc.hold_application_until_proxy_starts);
+    pc.concurrency = over.concurrency.or(pc.concurrency);
+    pc.resources = over.resources.or(pc.resources);
     pc.proxy_metadata.extend(over.proxy_metadata);
     Ok(pc)
 }
