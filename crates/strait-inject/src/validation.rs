@@ -11,40 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Container, Lifecycle, LifecycleHandler, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
+use strait_api::validate::{is_dns1123_label, is_label_key, is_label_value};
 
 use crate::quantity::Quantity;
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
-/// A label value: at most 63 characters, alphanumerics with `-_.` inside.
-pub fn is_label_value(s: &str) -> bool {
-    s.is_empty()
-        || (s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            && s.as_bytes()[0].is_ascii_alphanumeric()
-            && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
-}
-
-/// A qualified name (`prefix/name` or `name`), as label and annotation keys must be.
-pub fn is_qualified_name(s: &str) -> bool {
-    let (prefix, name) = match s.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, s),
-    };
-    prefix.is_none_or(is_dns_subdomain) && !name.is_empty() && is_label_value(name)
-}
 
 /// An IANA service name, as port names must be.
 fn is_port_name(s: &str) -> bool {
@@ -328,7 +297,7 @@ pub fn validate(pod: &Value) -> Vec<String> {
     let mut out = Vec::new();
     let meta = &typed.metadata;
     for (k, v) in meta.labels.iter().flatten() {
-        if !is_qualified_name(k) {
+        if !is_label_key(k) {
             out.push(format!("metadata.labels: key {k:?} is invalid"));
         }
         if !is_label_value(v) {
@@ -338,7 +307,7 @@ pub fn validate(pod: &Value) -> Vec<String> {
     let mut annotation_bytes = 0;
     for (k, v) in meta.annotations.iter().flatten() {
         annotation_bytes += k.len() + v.len();
-        if !is_qualified_name(k) {
+        if !is_label_key(k) {
             out.push(format!("metadata.annotations: key {k:?} is invalid"));
         }
     }
@@ -362,7 +331,7 @@ pub fn validate(pod: &Value) -> Vec<String> {
         .unwrap_or_default();
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
         let at = format!("spec.volumes[{i}]");
-        if !is_dns_label(&v.name) {
+        if !is_dns1123_label(&v.name) {
             out.push(format!("{at}.name: {:?} is not a DNS label", v.name));
         }
         if !volumes.insert(v.name.clone()) {
@@ -412,7 +381,7 @@ pub fn validate(pod: &Value) -> Vec<String> {
     for (field, list, init) in groups {
         for (i, c) in list.iter().enumerate() {
             let at = format!("{field}[{i}]");
-            if !is_dns_label(&c.name) {
+            if !is_dns1123_label(&c.name) {
                 out.push(format!("{at}.name: {:?} is not a DNS label", c.name));
             }
             if !names.insert(c.name.clone()) {
@@ -554,10 +523,10 @@ mod tests {
 
     #[test]
     fn names() {
-        assert!(is_qualified_name("strait.io/rev"));
-        assert!(is_qualified_name("service.istio.io/canonical-name"));
-        assert!(!is_qualified_name("a/b/c"));
-        assert!(!is_qualified_name("/x"));
+        assert!(is_label_key("strait.io/rev"));
+        assert!(is_label_key("service.istio.io/canonical-name"));
+        assert!(!is_label_key("a/b/c"));
+        assert!(!is_label_key("/x"));
         assert!(is_label_value(""));
         assert!(!is_label_value(&"a".repeat(64)));
         assert!(is_port_name("http-envoy-prom"));
