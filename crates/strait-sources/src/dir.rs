@@ -77,12 +77,7 @@ impl Problems {
 }
 
 /// Objects held or now held by the files a scan found changed.
-#[derive(Default)]
-struct Touched {
-    refs: BTreeSet<ObjectRef>,
-    /// A file was read anew or removed (its objects may be unchanged: its problems changed).
-    changed: bool,
-}
+type Touched = BTreeSet<ObjectRef>;
 
 /// Above this many (changed objects × files), one walk over every file is cheaper than
 /// looking each changed object up in every file.
@@ -272,8 +267,7 @@ impl DirSource {
         if let Some(state) = self.files.remove(path) {
             info!(file = %path.display(), "manifest file removed");
             self.problems.set(path, Vec::new());
-            touched.refs.extend(state.objects.into_keys());
-            touched.changed = true;
+            touched.extend(state.objects.into_keys());
         }
     }
 
@@ -345,9 +339,8 @@ impl DirSource {
         }
         debug!(file = %path.display(), objects = objects.len(), ignored = content.ignored, "manifest file read");
         self.problems.set(path, content.problems.clone());
-        touched.refs.extend(prev_objects.into_keys());
-        touched.refs.extend(objects.keys().cloned());
-        touched.changed = true;
+        touched.extend(prev_objects.into_keys());
+        touched.extend(objects.keys().cloned());
         self.files.insert(
             path.to_path_buf(),
             FileState {
@@ -362,15 +355,15 @@ impl DirSource {
     /// force (the last file defining it wins) compared with what was applied. Many objects
     /// (a first scan, a large copy) are settled by one walk over every file instead.
     fn diff_touched(&mut self, touched: Touched) -> Vec<Event> {
-        if !touched.changed {
+        if touched.is_empty() {
             return Vec::new();
         }
-        if touched.refs.len().saturating_mul(self.files.len()) > FULL_DIFF_ABOVE {
+        if touched.len().saturating_mul(self.files.len()) > FULL_DIFF_ABOVE {
             return self.diff();
         }
         let mut events = Vec::new();
         let mut removed = Vec::new();
-        for r in touched.refs {
+        for r in touched {
             let mut defining = self
                 .files
                 .iter()
