@@ -244,10 +244,39 @@ impl TypeCounters {
     }
 }
 
-/// Identical name lists (every proxy of a mesh holds the same cluster list) are kept once.
+/// Identical name lists (every proxy of a mesh holds the same cluster list) are kept once,
+/// and so are the changes between them: when a new service's cluster reaches 2,000 proxies,
+/// the first one copies and sorts its 2,000 names, the others find the result.
 #[derive(Debug, Default)]
 struct NameCache {
     lists: Mutex<HashMap<u64, Weak<Vec<String>>>>,
+    changes: Mutex<HashMap<u64, Change>>,
+    diffs: Mutex<HashMap<(usize, usize), Diff>>,
+}
+
+/// `from` with `added` and without `gone` is `to`. A `Weak` keeps its allocation, so a live
+/// list at the same address is the same list.
+#[derive(Debug)]
+struct Change {
+    from: Weak<Vec<String>>,
+    added: Vec<String>,
+    gone: Vec<String>,
+    to: Weak<Vec<String>>,
+}
+
+/// What a proxy going from `before` to `now` subscribes to and unsubscribes from.
+#[derive(Debug)]
+struct Diff {
+    before: Weak<Vec<String>>,
+    now: Weak<Vec<String>>,
+    sub_unsub: Arc<(Vec<String>, Vec<String>)>,
+}
+
+/// Entries kept before dead ones are dropped.
+const NAME_CACHE_PRUNE: usize = 256;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl NameCache {
@@ -258,18 +287,102 @@ impl NameCache {
             h.update(b"\0");
         }
         let key = h.digest();
-        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut lists = lock(&self.lists);
         if let Some(existing) = lists.get(&key).and_then(Weak::upgrade)
             && *existing == names
         {
             return existing;
         }
-        if lists.len() > 256 {
+        if lists.len() > NAME_CACHE_PRUNE {
             lists.retain(|_, w| w.strong_count() > 0);
         }
         let list = Arc::new(names);
         lists.insert(key, Arc::downgrade(&list));
         list
+    }
+
+    /// The sorted list `from` (sorted, deduplicated) without `gone` and with `added`.
+    fn change(
+        &self,
+        from: &Arc<Vec<String>>,
+        mut added: Vec<String>,
+        mut gone: Vec<String>,
+    ) -> Arc<Vec<String>> {
+        added.sort_unstable();
+        added.dedup();
+        gone.sort_unstable();
+        gone.dedup();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&(Arc::as_ptr(from) as usize).to_le_bytes());
+        for n in &added {
+            h.update(n.as_bytes());
+            h.update(b"\0");
+        }
+        h.update(b"\x01");
+        for n in &gone {
+            h.update(n.as_bytes());
+            h.update(b"\0");
+        }
+        let key = h.digest();
+        if let Some(c) = lock(&self.changes).get(&key)
+            && std::ptr::eq(c.from.as_ptr(), Arc::as_ptr(from))
+            && c.added == added
+            && c.gone == gone
+            && let Some(to) = c.to.upgrade()
+        {
+            return to;
+        }
+        let mut names = from.as_ref().clone();
+        if !gone.is_empty() {
+            names.retain(|n| gone.binary_search(n).is_err());
+        }
+        names.extend(added.iter().cloned());
+        names.sort_unstable();
+        names.dedup();
+        let to = self.intern(names);
+        let mut changes = lock(&self.changes);
+        if changes.len() > NAME_CACHE_PRUNE {
+            changes.retain(|_, c| c.to.strong_count() > 0 && c.from.strong_count() > 0);
+        }
+        changes.insert(
+            key,
+            Change {
+                from: Arc::downgrade(from),
+                added,
+                gone,
+                to: Arc::downgrade(&to),
+            },
+        );
+        to
+    }
+
+    /// [`sorted_diff`] of two interned lists, computed once per pair.
+    fn diff(
+        &self,
+        before: &Arc<Vec<String>>,
+        now: &Arc<Vec<String>>,
+    ) -> Arc<(Vec<String>, Vec<String>)> {
+        let key = (Arc::as_ptr(before) as usize, Arc::as_ptr(now) as usize);
+        if let Some(d) = lock(&self.diffs).get(&key)
+            && std::ptr::eq(d.before.as_ptr(), Arc::as_ptr(before))
+            && std::ptr::eq(d.now.as_ptr(), Arc::as_ptr(now))
+        {
+            return d.sub_unsub.clone();
+        }
+        let sub_unsub = Arc::new(sorted_diff(before, now));
+        let mut diffs = lock(&self.diffs);
+        if diffs.len() > NAME_CACHE_PRUNE {
+            diffs.retain(|_, d| d.before.strong_count() > 0 && d.now.strong_count() > 0);
+        }
+        diffs.insert(
+            key,
+            Diff {
+                before: Arc::downgrade(before),
+                now: Arc::downgrade(now),
+                sub_unsub: sub_unsub.clone(),
+            },
+        );
+        sub_unsub
     }
 }
 
@@ -703,25 +816,26 @@ impl<'a> Session<'a> {
         &mut self,
         tx: &Sender,
         t: XdsKind,
-        before: &[String],
-        now: &[String],
+        before: &Arc<Vec<String>>,
+        now: &Arc<Vec<String>>,
     ) -> Result<()> {
         match tx {
             Sender::Sotw(tx) => {
                 let r = sotw_request(
                     t,
-                    now.to_vec(),
+                    now.as_ref().clone(),
                     &self.version[t.index()],
                     &self.nonce[t.index()],
                 );
                 tx.send(r).map_err(|_| Error::Closed)
             }
             Sender::Delta(tx) => {
-                let (sub, unsub) = sorted_diff(before, now);
+                let d = self.shared.names.diff(before, now);
+                let (sub, unsub) = &*d;
                 if sub.is_empty() && unsub.is_empty() {
                     return Ok(());
                 }
-                tx.send(delta_request(t, &sub, &unsub, ""))
+                tx.send(delta_request(t, sub, unsub, ""))
                     .map_err(|_| Error::Closed)
             }
         }
@@ -752,15 +866,12 @@ impl<'a> Session<'a> {
         let mut arrived: Vec<String> = Vec::new();
         match t {
             XdsKind::Cds => {
-                let mut eds: Vec<String>;
                 if delta {
                     let mut updates: Vec<(String, Option<String>)> = Vec::new();
                     for (_, any) in resources {
                         updates.push(eds_name(any, full)?);
                     }
-                    if nack {
-                        eds = Vec::new();
-                    } else {
+                    if !nack {
                         let mut gone: HashSet<String> = HashSet::new();
                         for name in removed {
                             gone.insert(self.renamed.remove(name).unwrap_or_else(|| name.clone()));
@@ -780,24 +891,23 @@ impl<'a> Session<'a> {
                                 }
                             }
                         }
-                        eds = self.eds.as_ref().clone();
-                        if !gone.is_empty() {
-                            eds.retain(|n| !gone.contains(n));
-                        }
-                        eds.extend(added);
+                        self.eds =
+                            self.shared
+                                .names
+                                .change(&self.eds, added, gone.into_iter().collect());
                     }
                 } else {
-                    eds = Vec::with_capacity(resources.len());
+                    let mut eds = Vec::with_capacity(resources.len());
                     for (_, any) in resources {
                         if let (_, Some(e)) = eds_name(any, full)? {
                             eds.push(e);
                         }
                     }
-                }
-                eds.sort_unstable();
-                eds.dedup();
-                if !nack {
-                    self.eds = self.shared.names.intern(eds);
+                    eds.sort_unstable();
+                    eds.dedup();
+                    if !nack {
+                        self.eds = self.shared.names.intern(eds);
+                    }
                 }
             }
             XdsKind::Lds => {
@@ -1026,6 +1136,31 @@ mod tests {
         assert_eq!(unsub, s(&["a", "d"]));
         assert_eq!(sorted_diff(&[], &s(&["x"])), (s(&["x"]), vec![]));
         assert_eq!(sorted_diff(&s(&["x"]), &s(&["x"])), (vec![], vec![]));
+    }
+
+    #[test]
+    fn list_changes_are_computed_once_and_shared() {
+        let cache = NameCache::default();
+        let base = cache.intern(s(&["a", "c", "d"]));
+        let one = cache.change(&base, s(&["e", "b"]), s(&["c"]));
+        assert_eq!(*one, s(&["a", "b", "d", "e"]));
+        // The same change from the same list: the same list, not a copy.
+        let again = cache.change(&base, s(&["b", "e", "b"]), s(&["c"]));
+        assert!(Arc::ptr_eq(&one, &again));
+        // Reached another way, the list is still shared.
+        let other = cache.change(&cache.intern(s(&["a", "b", "d"])), s(&["e"]), vec![]);
+        assert!(Arc::ptr_eq(&one, &other));
+        // A different change from the same list is not confused with it.
+        let two = cache.change(&base, s(&["e", "b"]), vec![]);
+        assert_eq!(*two, s(&["a", "b", "c", "d", "e"]));
+        // Removing what is not there and adding what is: no change in content.
+        let same = cache.change(&base, s(&["a"]), s(&["z"]));
+        assert_eq!(*same, *base);
+
+        let d = cache.diff(&base, &one);
+        assert_eq!(*d, (s(&["b", "e"]), s(&["c"])));
+        assert!(Arc::ptr_eq(&d, &cache.diff(&base, &one)));
+        assert_eq!(cache.diff(&one, &base).0, s(&["c"]));
     }
 
     #[test]
