@@ -19,6 +19,7 @@ mod resource;
 mod server;
 mod status;
 mod tags;
+mod window;
 mod wire;
 
 pub use cache::{ConfigCache, OwnLayers};
@@ -31,4 +32,5 @@ pub use status::{ProxySyncz, SyncRegistry, SyncState, Syncz, TypeStatus, TypeSyn
 pub use tags::{
     Connections, Move, TagMoveOptions, TagMover, TaggedConn, TrackedStream, run_tag_mover,
 };
+pub use window::{DEFAULT_WINDOW_MB, PushWindow};
 pub use wire::{DeltaResponse, SotwResponse};

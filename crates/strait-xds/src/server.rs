@@ -29,6 +29,7 @@ use crate::node::proxy_node;
 use crate::request::{NameSet, NameSets, SotwRequest};
 use crate::resource::{ProxySnapshot, Resource, TypeView, XdsType};
 use crate::status::{ConnectionStatus, Nack, SyncRegistry, now_secs};
+use crate::window::{Admit, PushWindow, Turn};
 use crate::wire::{DeltaResponse, Sections, SotwResponse};
 
 /// Where the server gets each proxy's snapshots.
@@ -80,6 +81,7 @@ struct Shared<S> {
     closing: watch::Receiver<bool>,
     names: Arc<NameSets>,
     sections: Arc<Sections>,
+    window: Arc<PushWindow>,
 }
 
 /// The ADS service, ready to add to a tonic server.
@@ -113,8 +115,20 @@ impl<S: SnapshotSource> AdsService<S> {
                 closing,
                 names: Arc::default(),
                 sections: Arc::default(),
+                window: Arc::new(PushWindow::new(crate::window::DEFAULT_WINDOW_MB)),
             }),
         }
+    }
+
+    /// Limits large cluster, listener and route responses pushed after a change and not yet
+    /// acknowledged to `mb` megabytes across all proxies (0: no limit); see [`PushWindow`].
+    /// Set before the service is cloned.
+    pub fn with_push_window(mut self, mb: u32) -> Self {
+        match Arc::get_mut(&mut self.shared) {
+            Some(s) => s.window = Arc::new(PushWindow::new(mb)),
+            None => warn!("push window not changed: the ADS service was already cloned"),
+        }
+        self
     }
 }
 
@@ -211,6 +225,8 @@ struct Conn {
     /// Recent responses not yet acknowledged, per type: (nonce, version). Delta ACKs name
     /// only the nonce.
     inflight: [std::collections::VecDeque<(String, String)>; 5],
+    /// This stream's share of the push window.
+    turn: Turn,
 }
 
 impl Drop for Conn {
@@ -253,6 +269,7 @@ impl Conn {
             snapshot: None,
             nonce: 0,
             inflight: Default::default(),
+            turn: Turn::new(shared.window.clone(), delta),
         })
     }
 
@@ -275,7 +292,8 @@ impl Conn {
             .map(|(_, v)| v.clone())
     }
 
-    fn nack(&self, t: XdsType, nonce: &str, version: &str, message: &str) {
+    fn nack(&mut self, t: XdsType, nonce: &str, version: &str, message: &str) {
+        self.turn.settled(t, nonce);
         warn!(proxy = %self.node.id, r#type = t.short(), nonce, version, error = message, "proxy rejected configuration (NACK)");
         self.metrics.nack(t);
         self.status.update(t, |s| {
@@ -290,6 +308,7 @@ impl Conn {
 
     fn ack(&mut self, t: XdsType, nonce: &str, version: &str) {
         debug!(proxy = %self.node.id, r#type = t.short(), nonce, version, "ACK");
+        self.turn.settled(t, nonce);
         // Everything up to this response is settled.
         let q = &mut self.inflight[t.index()];
         if let Some(pos) = q.iter().position(|(n, _)| n == nonce) {
@@ -411,6 +430,13 @@ async fn run_sotw<S: SnapshotSource, B>(
                     conn.snapshot = conn.sub.snapshots.borrow_and_update().clone();
                     for t in XdsType::ALL {
                         sotw_push(&mut conn, &mut types, t, SotwMode::Update, &tx).await?;
+                    }
+                }
+                turn = conn.turn.next(), if conn.turn.active() => {
+                    if turn {
+                        for t in XdsType::ALL {
+                            sotw_push(&mut conn, &mut types, t, SotwMode::Update, &tx).await?;
+                        }
                     }
                 }
             }
@@ -572,6 +598,24 @@ async fn sotw_push(
         }
         picked
     };
+    // Only pushes after a change wait for room; what the proxy asked for goes at once.
+    let share = if matches!(mode, SotwMode::Update) {
+        match conn
+            .turn
+            .admit(t, resources.iter().map(|r| r.any.len()).sum())
+        {
+            Admit::Go(share) => share,
+            Admit::Wait => {
+                debug!(
+                    r#type = t.short(),
+                    "large push waits for room in the push window"
+                );
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
     let version = view.version_string();
     let nonce = conn.next_nonce();
     let resp = SotwResponse {
@@ -592,6 +636,9 @@ async fn sotw_push(
         st.names.len()
     };
     conn.sent(t, &nonce, &version, bytes, holds);
+    if let Some(share) = share {
+        conn.turn.hold(t, &nonce, share);
+    }
     tx.send_sotw(&resp, &conn.sections).await
 }
 
@@ -673,6 +720,13 @@ async fn run_delta<S: SnapshotSource, B>(
                     conn.snapshot = conn.sub.snapshots.borrow_and_update().clone();
                     for t in XdsType::ALL {
                         delta_push(&mut conn, &mut types, t, Vec::new(), &tx).await?;
+                    }
+                }
+                turn = conn.turn.next(), if conn.turn.active() => {
+                    if turn {
+                        for t in XdsType::ALL {
+                            delta_push(&mut conn, &mut types, t, Vec::new(), &tx).await?;
+                        }
                     }
                 }
             }
@@ -768,6 +822,8 @@ async fn delta_push(
     }
     let view = snap.view(t);
     let first_response = st.nonce.is_none();
+    // A push after a change (not the first response, a resync or a new subscription).
+    let pushed = st.sent.is_some() && added.is_empty();
     let mut resources: Vec<Arc<Resource>> = Vec::new();
     let mut removed: Vec<Arc<str>> = Vec::new();
     match &st.sent {
@@ -823,10 +879,28 @@ async fn delta_push(
             }
         }
     }
-    st.sent = Some(view.clone());
     if resources.is_empty() && removed.is_empty() && !first_response {
+        st.sent = Some(view.clone());
         return Ok(());
     }
+    let share = if pushed {
+        match conn
+            .turn
+            .admit(t, resources.iter().map(|r| r.any.len()).sum())
+        {
+            Admit::Go(share) => share,
+            Admit::Wait => {
+                debug!(
+                    r#type = t.short(),
+                    "large push waits for room in the push window"
+                );
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    st.sent = Some(view.clone());
     let nonce = conn.next_nonce();
     let version = view.version_string();
     let resp = DeltaResponse {
@@ -846,5 +920,8 @@ async fn delta_push(
         st.names.len()
     };
     conn.sent(t, &nonce, &version, bytes, holds);
+    if let Some(share) = share {
+        conn.turn.hold(t, &nonce, share);
+    }
     tx.send_delta(&resp, &conn.sections).await
 }

@@ -26,6 +26,11 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(0, strait_xds::DEFAULT_WINDOW_MB).await
+}
+
+/// `web` and `db` and `more` other services on port 8080, with a push window of `window_mb`.
+async fn harness_with(more: usize, window_mb: u32) -> Harness {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = XdsMetrics::register(&mut registry);
     let sync = SyncRegistry::new("strait-test", "default");
@@ -34,10 +39,14 @@ async fn harness() -> Harness {
     index.apply(mk_service("web", "shop", &[8080]));
     index.apply(mk_service("db", "shop", &[5432]));
     index.apply(mk_slice("web-1", "shop", "web", &["10.0.0.1"], &[8080]));
+    for i in 0..more {
+        index.apply(mk_service(&format!("filler-{i}"), "shop", &[8080]));
+    }
     let (mesh, changes) = index.snapshot();
     push.push(mesh, &changes);
     let (stop, closing) = tokio::sync::watch::channel(false);
-    let svc = AdsService::new(push.clone(), sync.clone(), metrics, closing);
+    let svc =
+        AdsService::new(push.clone(), sync.clone(), metrics, closing).with_push_window(window_mb);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -347,4 +356,107 @@ async fn a_node_that_cannot_be_read_is_refused() {
         err.message()
     );
     assert!(h.sync.is_empty());
+}
+
+/// The next response of type `t`, skipping others.
+async fn next_of(
+    s: &mut tonic::Streaming<DeltaDiscoveryResponse>,
+    t: XdsType,
+) -> DeltaDiscoveryResponse {
+    loop {
+        let r = next(s).await;
+        if r.type_url == t.type_url() {
+            return r;
+        }
+    }
+}
+
+/// Whether a response of type `t` arrives within `wait` (others are skipped).
+async fn arrives(
+    s: &mut tonic::Streaming<DeltaDiscoveryResponse>,
+    t: XdsType,
+    wait: Duration,
+) -> Option<DeltaDiscoveryResponse> {
+    tokio::time::timeout(wait, next_of(s, t)).await.ok()
+}
+
+#[tokio::test]
+async fn large_route_pushes_wait_for_room_and_load_assignments_do_not() {
+    // About 1.5 MB of routes on port 8080, a 1 MB window: one proxy's update fills it.
+    let mut h = harness_with(2500, 1).await;
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", h.addr))
+        .await
+        .expect("connect");
+    let mut proxies = Vec::new();
+    for i in 0..2 {
+        let (tx, rx) = mpsc::channel(16);
+        let mut first = delta_req(XdsType::Route, &["8080"], &[], "");
+        first.node = Some(Node {
+            id: format!("sidecar~10.9.9.{i}~client-{i}.shop~shop.svc.cluster.local"),
+            ..Default::default()
+        });
+        tx.send(first).await.expect("send");
+        tx.send(delta_req(XdsType::Endpoint, &[WEB], &[], ""))
+            .await
+            .expect("send");
+        let mut stream = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        // First responses are never held back.
+        for t in [XdsType::Route, XdsType::Endpoint] {
+            let r = next_of(&mut stream, t).await;
+            assert_eq!(r.resources.len(), 1);
+            tx.send(delta_req(t, &[], &[], &r.nonce))
+                .await
+                .expect("ack");
+        }
+        proxies.push((tx, stream));
+    }
+
+    // A new service on 8080: both route configurations change, and only one fits the window.
+    h.index.apply(mk_service("new", "shop", &[8080]));
+    let (mesh, changes) = h.index.snapshot();
+    h.push.push(mesh, &changes);
+    let (first, second) = {
+        let (a, b) = proxies.split_at_mut(1);
+        let (a, b) = (&mut a[0], &mut b[0]);
+        tokio::select! {
+            r = next_of(&mut a.1, XdsType::Route) => ((a, r), b),
+            r = next_of(&mut b.1, XdsType::Route) => ((b, r), a),
+        }
+    };
+    let ((first_tx, _first_stream), routes) = first;
+    assert!(
+        routes.resources[0]
+            .resource
+            .as_ref()
+            .expect("any")
+            .value
+            .len()
+            > 1 << 20
+    );
+    assert!(
+        arrives(&mut second.1, XdsType::Route, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the second large push went out while the first was unacknowledged"
+    );
+
+    // An endpoint change reaches the proxy that waits, at once.
+    h.index
+        .apply(mk_slice("web-1", "shop", "web", &["10.0.0.7"], &[8080]));
+    let (mesh, changes) = h.index.snapshot();
+    h.push.push(mesh, &changes);
+    let eds = next_of(&mut second.1, XdsType::Endpoint).await;
+    assert_eq!(delta_names(&eds), [WEB]);
+
+    // The first proxy's ACK makes room: the second gets its routes.
+    first_tx
+        .send(delta_req(XdsType::Route, &[], &[], &routes.nonce))
+        .await
+        .expect("ack");
+    let r = next_of(&mut second.1, XdsType::Route).await;
+    assert_eq!(delta_names(&r), ["8080"]);
 }

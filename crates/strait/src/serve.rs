@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// Push at the latest this many milliseconds after the first change of a burst.
     #[arg(long, default_value_t = 1000)]
     debounce_max_ms: u64,
+    /// Large cluster, listener and route responses pushed after a change and not yet
+    /// acknowledged, across all proxies, in megabytes (0: no limit). Load assignments are
+    /// never held back behind them.
+    #[arg(long, default_value_t = strait_xds::DEFAULT_WINDOW_MB)]
+    push_window_mb: u32,
     /// How often the config directory is rescanned without change notifications.
     #[arg(long, default_value_t = 2000)]
     poll_ms: u64,
@@ -146,6 +151,8 @@ pub struct ServeConfig {
     pub debounce: Duration,
     /// Debounce maximum delay.
     pub debounce_max: Duration,
+    /// Push window in megabytes (0: no limit).
+    pub push_window_mb: u32,
     /// Directory rescan interval.
     pub poll: Duration,
     /// Kubernetes clusters to watch (none: the directory source alone).
@@ -173,6 +180,7 @@ impl ServeConfig {
             system_namespace: "istio-system".to_string(),
             debounce: Duration::from_millis(100),
             debounce_max: Duration::from_secs(1),
+            push_window_mb: strait_xds::DEFAULT_WINDOW_MB,
             poll: Duration::from_secs(2),
             kube_clusters: Vec::new(),
             kube: KubeOptions::default(),
@@ -196,6 +204,7 @@ impl ServeArgs {
             system_namespace: self.system_namespace.clone(),
             debounce: Duration::from_millis(self.debounce_ms),
             debounce_max: Duration::from_millis(self.debounce_max_ms.max(self.debounce_ms)),
+            push_window_mb: self.push_window_mb,
             poll: Duration::from_millis(self.poll_ms.max(100)),
             kube_clusters,
             kube: KubeOptions {
@@ -406,7 +415,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         },
         closing_rx.clone(),
     )));
-    let ads = AdsService::new(push.clone(), sync.clone(), metrics, closing_rx);
+    let ads = AdsService::new(push.clone(), sync.clone(), metrics, closing_rx)
+        .with_push_window(cfg.push_window_mb);
     let incoming = connections.incoming(
         tonic::transport::server::TcpIncoming::from(xds_listener).with_nodelay(Some(true)),
     );
