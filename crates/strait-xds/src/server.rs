@@ -437,6 +437,7 @@ async fn run_sotw<S: SnapshotSource, B>(
                         for t in XdsType::ALL {
                             sotw_push(&mut conn, &mut types, t, SotwMode::Update, &tx).await?;
                         }
+                        conn.turn.end_of_turn();
                     }
                 }
             }
@@ -727,6 +728,7 @@ async fn run_delta<S: SnapshotSource, B>(
                         for t in XdsType::ALL {
                             delta_push(&mut conn, &mut types, t, Vec::new(), &tx).await?;
                         }
+                        conn.turn.end_of_turn();
                     }
                 }
             }

@@ -167,6 +167,12 @@ impl Turn {
         }
     }
 
+    /// After the pushes of a turn: a share granted and not used (nothing large was left to
+    /// send) goes back to the window.
+    pub(crate) fn end_of_turn(&mut self) {
+        self.granted = None;
+    }
+
     /// Whether [`Turn::next`] has anything to wait for.
     pub(crate) fn active(&self) -> bool {
         self.waiting.is_some() || !self.held.is_empty()
@@ -261,6 +267,18 @@ mod tests {
             panic!("granted share not used");
         };
         drop(p);
+        assert_eq!(window.available_kb(), 1024);
+
+        // A turn that finds nothing large left to send gives its share back.
+        let Admit::Go(Some(p)) = a.admit(XdsType::Route, 1 << 20) else {
+            panic!("held back");
+        };
+        a.hold(XdsType::Route, "9", p);
+        assert!(matches!(b.admit(XdsType::Route, 100 << 10), Admit::Wait));
+        a.settled(XdsType::Route, "9");
+        assert!(b.next().await);
+        assert_eq!(window.available_kb(), 1024 - 100);
+        b.end_of_turn();
         assert_eq!(window.available_kb(), 1024);
     }
 
