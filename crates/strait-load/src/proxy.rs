@@ -443,10 +443,7 @@ impl LoadShared {
     /// Each synced proxy's time from its own connection start to its complete
     /// configuration, in milliseconds.
     pub fn sync_times_ms(&self) -> Vec<f64> {
-        self.sync_ms
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.sync_ms).clone()
     }
 
     /// Time from [`LoadShared::start`] to the last proxy's complete configuration.
@@ -457,10 +454,7 @@ impl LoadShared {
     fn failed(&self, spec: &ProxySpec, e: &Error) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         debug!(proxy = spec.index, error = %e, "proxy stream failed");
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+        *lock(&self.last_error) = Some(e.to_string());
     }
 }
 
@@ -1050,11 +1044,7 @@ impl<'a> Session<'a> {
             let now = Instant::now();
             let own = now.duration_since(self.started);
             let total = now.duration_since(self.shared.start);
-            self.shared
-                .sync_ms
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(own.as_secs_f64() * 1e3);
+            lock(&self.shared.sync_ms).push(own.as_secs_f64() * 1e3);
             self.shared
                 .last_sync_ns
                 .fetch_max(total.as_nanos() as u64, Ordering::AcqRel);

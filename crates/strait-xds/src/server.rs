@@ -323,6 +323,24 @@ impl Conn {
         });
     }
 
+    /// Whether a response of `resources` for `t` may go now. Only a push after a change
+    /// (`pushed`) can wait for room in the push window; what the proxy asked for goes at once.
+    fn admit(&mut self, t: XdsType, pushed: bool, resources: &[Arc<Resource>]) -> Admit {
+        if !pushed {
+            return Admit::Go(None);
+        }
+        let admit = self
+            .turn
+            .admit(t, resources.iter().map(|r| r.any.len()).sum());
+        if matches!(admit, Admit::Wait) {
+            debug!(
+                r#type = t.short(),
+                "large push waits for room in the push window"
+            );
+        }
+        admit
+    }
+
     fn sent(&mut self, t: XdsType, nonce: &str, version: &str, bytes: usize, resources: usize) {
         self.metrics.response(t, bytes);
         let q = &mut self.inflight[t.index()];
@@ -599,23 +617,8 @@ async fn sotw_push(
         }
         picked
     };
-    // Only pushes after a change wait for room; what the proxy asked for goes at once.
-    let share = if matches!(mode, SotwMode::Update) {
-        match conn
-            .turn
-            .admit(t, resources.iter().map(|r| r.any.len()).sum())
-        {
-            Admit::Go(share) => share,
-            Admit::Wait => {
-                debug!(
-                    r#type = t.short(),
-                    "large push waits for room in the push window"
-                );
-                return Ok(());
-            }
-        }
-    } else {
-        None
+    let Admit::Go(share) = conn.admit(t, matches!(mode, SotwMode::Update), &resources) else {
+        return Ok(());
     };
     let version = view.version_string();
     let nonce = conn.next_nonce();
@@ -637,9 +640,7 @@ async fn sotw_push(
         st.names.len()
     };
     conn.sent(t, &nonce, &version, bytes, holds);
-    if let Some(share) = share {
-        conn.turn.hold(t, &nonce, share);
-    }
+    conn.turn.hold(t, &nonce, share);
     tx.send_sotw(&resp, &conn.sections).await
 }
 
@@ -885,22 +886,8 @@ async fn delta_push(
         st.sent = Some(view.clone());
         return Ok(());
     }
-    let share = if pushed {
-        match conn
-            .turn
-            .admit(t, resources.iter().map(|r| r.any.len()).sum())
-        {
-            Admit::Go(share) => share,
-            Admit::Wait => {
-                debug!(
-                    r#type = t.short(),
-                    "large push waits for room in the push window"
-                );
-                return Ok(());
-            }
-        }
-    } else {
-        None
+    let Admit::Go(share) = conn.admit(t, pushed, &resources) else {
+        return Ok(());
     };
     st.sent = Some(view.clone());
     let nonce = conn.next_nonce();
@@ -922,8 +909,6 @@ async fn delta_push(
         st.names.len()
     };
     conn.sent(t, &nonce, &version, bytes, holds);
-    if let Some(share) = share {
-        conn.turn.hold(t, &nonce, share);
-    }
+    conn.turn.hold(t, &nonce, share);
     tx.send_delta(&resp, &conn.sections).await
 }

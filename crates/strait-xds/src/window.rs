@@ -144,9 +144,9 @@ impl Turn {
         Admit::Wait
     }
 
-    /// Keeps `permit` until `nonce` of `t` is acknowledged.
-    pub(crate) fn hold(&mut self, t: XdsType, nonce: &str, permit: OwnedSemaphorePermit) {
-        if let Ok(nonce) = nonce.parse() {
+    /// Keeps the share a response took, if any, until `nonce` of `t` is acknowledged.
+    pub(crate) fn hold(&mut self, t: XdsType, nonce: &str, share: Option<OwnedSemaphorePermit>) {
+        if let (Some(permit), Ok(nonce)) = (share, nonce.parse()) {
             self.held.push(Held {
                 t,
                 nonce,
@@ -232,7 +232,7 @@ mod tests {
         let Admit::Go(Some(p)) = a.admit(XdsType::Route, 1 << 20) else {
             panic!("first large response held back");
         };
-        a.hold(XdsType::Route, "7", p);
+        a.hold(XdsType::Route, "7", Some(p));
         assert_eq!(window.available_kb(), 0);
         // B's large route response waits; its load assignments and small clusters do not.
         assert!(matches!(b.admit(XdsType::Route, 100 << 10), Admit::Wait));
@@ -273,7 +273,7 @@ mod tests {
         let Admit::Go(Some(p)) = a.admit(XdsType::Route, 1 << 20) else {
             panic!("held back");
         };
-        a.hold(XdsType::Route, "9", p);
+        a.hold(XdsType::Route, "9", Some(p));
         assert!(matches!(b.admit(XdsType::Route, 100 << 10), Admit::Wait));
         a.settled(XdsType::Route, "9");
         assert!(b.next().await);
@@ -289,7 +289,7 @@ mod tests {
         let Admit::Go(Some(p)) = a.admit(XdsType::Cluster, 2 << 20) else {
             panic!("held back");
         };
-        a.hold(XdsType::Cluster, "1", p);
+        a.hold(XdsType::Cluster, "1", Some(p));
         assert_eq!(window.available_kb(), 0);
         let started = Instant::now();
         assert!(!a.next().await);
