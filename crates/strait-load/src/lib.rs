@@ -6,10 +6,11 @@
 //!
 //! The library holds the parts that are pure or self-contained: mesh generation
 //! ([`mesh`]), churn planning and convergence bookkeeping ([`churn`]), the simulated proxy
-//! ([`proxy`]), `/proc` and Prometheus readers ([`procfs`], [`prom`]), statistics
+//! ([`proxy`]) and its gRPC stream ([`grpc`]), `/proc` and Prometheus readers ([`procfs`], [`prom`]), statistics
 //! ([`stats`]) and the report ([`report`]). The `strait-load` binary wires them together.
 
 pub mod churn;
+pub mod grpc;
 pub mod mesh;
 pub mod procfs;
 pub mod prom;
@@ -39,7 +40,7 @@ pub enum Error {
     },
     /// The ADS stream failed.
     #[error("xDS stream: {0}")]
-    Stream(#[from] tonic::Status),
+    Stream(String),
     /// A response could not be decoded.
     #[error("cannot decode a {type_url} resource: {source}")]
     Decode {

@@ -25,19 +25,18 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::r#type::v3::SemanticVersion;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest,
 };
-use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use prost::Message;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::churn::{Pending, ProxyProgress, Step, Tracker};
+use crate::grpc;
 use crate::{Error, Result};
 
 /// The xDS types a sidecar uses, in the order Envoy needs them.
@@ -494,8 +493,37 @@ pub async fn run_proxy(spec: ProxySpec, shared: Arc<LoadShared>, mut stop: watch
     }
 }
 
-/// Decrements the connected gauge when a stream ends, however it ends.
+/// Opens an ADS stream, `first` being its first requests, at most
+/// [`ProxyOptions::connect_concurrency`] connections being opened at once.
+async fn open<M: Message>(
+    shared: &LoadShared,
+    path: &str,
+    first: &[M],
+) -> Result<(grpc::Tx, grpc::Rx)> {
+    let opts = &shared.opts;
+    let connection = {
+        let _permit = shared
+            .connect_gate
+            .acquire()
+            .await
+            .map_err(|e| Error::Connect {
+                addr: opts.xds.clone(),
+                message: e.to_string(),
+            })?;
+        grpc::connect(&opts.xds, opts.connect_timeout).await?
+    };
+    connection.open(path, first).await
+}
+
+/// Counts a stream in the connected gauge while it is open, however it ends.
 struct ConnectedGuard<'a>(&'a AtomicUsize);
+
+impl<'a> ConnectedGuard<'a> {
+    fn new(gauge: &'a AtomicUsize) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
 
 impl Drop for ConnectedGuard<'_> {
     fn drop(&mut self) {
@@ -530,21 +558,70 @@ struct NameHead {
 
 const EDS_TYPE: i32 = 3;
 
-fn decode<M: Message + Default>(t: XdsKind, any: &Any) -> Result<M> {
+/// The ADS methods.
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+/// A `google.protobuf.Any` whose value points into the received message instead of being
+/// copied out of it.
+#[derive(Clone, PartialEq, Message)]
+struct RawAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: bytes::Bytes,
+}
+
+/// The fields of a `DiscoveryResponse` the proxy reads.
+#[derive(Clone, PartialEq, Message)]
+struct SotwResponse {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<RawAny>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+/// The fields of a `DeltaDiscoveryResponse` the proxy reads.
+#[derive(Clone, PartialEq, Message)]
+struct DeltaResponse {
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<DeltaResource>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+    #[prost(string, repeated, tag = "6")]
+    removed_resources: Vec<String>,
+}
+
+/// The resource of a Delta `Resource`.
+#[derive(Clone, PartialEq, Message)]
+struct DeltaResource {
+    #[prost(message, optional, tag = "2")]
+    resource: Option<RawAny>,
+}
+
+fn decode<M: Message + Default>(t: XdsKind, any: &RawAny) -> Result<M> {
     if any.type_url != t.type_url() {
         return Err(Error::WrongType {
             expected: t.type_url(),
             got: any.type_url.clone(),
         });
     }
-    M::decode(any.value.as_slice()).map_err(|source| Error::Decode {
+    M::decode(any.value.clone()).map_err(|source| Error::Decode {
         type_url: any.type_url.clone(),
         source,
     })
 }
 
 /// The EDS resource name of a cluster, when it is an EDS cluster.
-fn eds_name(any: &Any, full: bool) -> Result<(String, Option<String>)> {
+fn eds_name(any: &RawAny, full: bool) -> Result<(String, Option<String>)> {
     if full {
         let c: Cluster = decode(XdsKind::Cds, any)?;
         let is_eds = matches!(
@@ -567,7 +644,7 @@ fn eds_name(any: &Any, full: bool) -> Result<(String, Option<String>)> {
 }
 
 /// The route configuration names a listener's HTTP connection managers ask for.
-fn listener_routes(any: &Any) -> Result<(String, Vec<String>)> {
+fn listener_routes(any: &RawAny) -> Result<(String, Vec<String>)> {
     use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
     let l: Listener = decode(XdsKind::Lds, any)?;
     let mut routes = Vec::new();
@@ -638,8 +715,8 @@ fn hash(s: &str) -> u64 {
 
 /// Requests on the wire, whichever protocol variant.
 enum Sender {
-    Sotw(mpsc::UnboundedSender<DiscoveryRequest>),
-    Delta(mpsc::UnboundedSender<DeltaDiscoveryRequest>),
+    Sotw(grpc::Tx),
+    Delta(grpc::Tx),
 }
 
 /// One ADS stream's state: what the proxy holds, asked for and still waits for.
@@ -701,70 +778,56 @@ impl<'a> Session<'a> {
     }
 
     async fn run(&mut self) -> Result<()> {
-        let opts = &self.shared.opts;
-        let connect_err = |e: &dyn std::fmt::Display| Error::Connect {
-            addr: opts.xds.clone(),
-            message: e.to_string(),
-        };
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", opts.xds))
-            .map_err(|e| connect_err(&e))?
-            .connect_timeout(opts.connect_timeout)
-            .tcp_nodelay(true);
-        let channel = {
-            let _permit = self
-                .shared
-                .connect_gate
-                .acquire()
-                .await
-                .map_err(|e| connect_err(&e))?;
-            endpoint.connect().await.map_err(|e| connect_err(&e))?
-        };
-        let mut client = AggregatedDiscoveryServiceClient::new(channel)
-            .max_decoding_message_size(1 << 30)
-            .max_encoding_message_size(1 << 30);
-        self.shared.connected.fetch_add(1, Ordering::Relaxed);
-        let _connected = ConnectedGuard(&self.shared.connected);
+        let shared = self.shared;
+        let opts = &shared.opts;
         if opts.delta {
-            let (tx, rx) = mpsc::unbounded_channel();
             let mut first = delta_request(XdsKind::Cds, &[], &[], "");
             first.node = Some(self.spec.node());
-            let _ = tx.send(first);
-            let _ = tx.send(delta_request(XdsKind::Lds, &[], &[], ""));
-            let mut stream = client
-                .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
-                .await?
-                .into_inner();
-            let tx = Sender::Delta(tx);
-            while let Some(resp) = stream.message().await? {
+            let lds = delta_request(XdsKind::Lds, &[], &[], "");
+            let (tx, mut rx) = open(shared, DELTA_PATH, &[first, lds]).await?;
+            let _connected = ConnectedGuard::new(&shared.connected);
+            let mut tx = Sender::Delta(tx);
+            while let Some(msg) = rx.message().await? {
+                let resp = DeltaResponse::decode(msg).map_err(|source| Error::Decode {
+                    type_url: "DeltaDiscoveryResponse".to_string(),
+                    source,
+                })?;
                 let Some(t) = XdsKind::from_type_url(&resp.type_url) else {
                     warn!(type_url = %resp.type_url, "response of an unexpected type");
                     continue;
                 };
-                let resources: Vec<(&str, &Any)> = resp
+                let resources: Vec<&RawAny> = resp
                     .resources
                     .iter()
-                    .filter_map(|r| r.resource.as_ref().map(|a| (r.name.as_str(), a)))
+                    .filter_map(|r| r.resource.as_ref())
                     .collect();
-                self.handle(t, &resources, &resp.removed_resources, "", &resp.nonce, &tx)?;
+                self.handle(
+                    t,
+                    &resources,
+                    &resp.removed_resources,
+                    "",
+                    &resp.nonce,
+                    &mut tx,
+                )?;
             }
         } else {
-            let (tx, rx) = mpsc::unbounded_channel();
             let mut first = sotw_request(XdsKind::Cds, Vec::new(), "", "");
             first.node = Some(self.spec.node());
-            let _ = tx.send(first);
-            let _ = tx.send(sotw_request(XdsKind::Lds, Vec::new(), "", ""));
-            let mut stream = client
-                .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
-                .await?
-                .into_inner();
-            let tx = Sender::Sotw(tx);
-            while let Some(resp) = stream.message().await? {
+            let lds = sotw_request(XdsKind::Lds, Vec::new(), "", "");
+            let (tx, mut rx) = open(shared, SOTW_PATH, &[first, lds]).await?;
+            let _connected = ConnectedGuard::new(&shared.connected);
+            let mut tx = Sender::Sotw(tx);
+            while let Some(msg) = rx.message().await? {
+                let resp = SotwResponse::decode(msg).map_err(|source| Error::Decode {
+                    type_url: "DiscoveryResponse".to_string(),
+                    source,
+                })?;
                 let Some(t) = XdsKind::from_type_url(&resp.type_url) else {
                     warn!(type_url = %resp.type_url, "response of an unexpected type");
                     continue;
                 };
-                let resources: Vec<(&str, &Any)> = resp.resources.iter().map(|a| ("", a)).collect();
-                self.handle(t, &resources, &[], &resp.version_info, &resp.nonce, &tx)?;
+                let resources: Vec<&RawAny> = resp.resources.iter().collect();
+                self.handle(t, &resources, &[], &resp.version_info, &resp.nonce, &mut tx)?;
             }
         }
         Ok(())
@@ -781,7 +844,7 @@ impl<'a> Session<'a> {
 
     fn send_ack(
         &mut self,
-        tx: &Sender,
+        tx: &mut Sender,
         t: XdsKind,
         nonce: &str,
         error: Option<&str>,
@@ -795,12 +858,12 @@ impl<'a> Session<'a> {
             Sender::Sotw(tx) => {
                 let mut r = sotw_request(t, self.names(t), &self.version[t.index()], nonce);
                 r.error_detail = error_detail;
-                tx.send(r).map_err(|_| Error::Closed)
+                tx.send(&r)
             }
             Sender::Delta(tx) => {
                 let mut r = delta_request(t, &[], &[], nonce);
                 r.error_detail = error_detail;
-                tx.send(r).map_err(|_| Error::Closed)
+                tx.send(&r)
             }
         }
     }
@@ -808,7 +871,7 @@ impl<'a> Session<'a> {
     /// Asks for `now` instead of `before` (EDS or RDS).
     fn resubscribe(
         &mut self,
-        tx: &Sender,
+        tx: &mut Sender,
         t: XdsKind,
         before: &Arc<Vec<String>>,
         now: &Arc<Vec<String>>,
@@ -821,7 +884,7 @@ impl<'a> Session<'a> {
                     &self.version[t.index()],
                     &self.nonce[t.index()],
                 );
-                tx.send(r).map_err(|_| Error::Closed)
+                tx.send(&r)
             }
             Sender::Delta(tx) => {
                 let d = self.shared.names.diff(before, now);
@@ -829,8 +892,7 @@ impl<'a> Session<'a> {
                 if sub.is_empty() && unsub.is_empty() {
                     return Ok(());
                 }
-                tx.send(delta_request(t, sub, unsub, ""))
-                    .map_err(|_| Error::Closed)
+                tx.send(&delta_request(t, sub, unsub, ""))
             }
         }
     }
@@ -840,13 +902,13 @@ impl<'a> Session<'a> {
     fn handle(
         &mut self,
         t: XdsKind,
-        resources: &[(&str, &Any)],
+        resources: &[&RawAny],
         removed: &[String],
         version: &str,
         nonce: &str,
-        tx: &Sender,
+        tx: &mut Sender,
     ) -> Result<()> {
-        let bytes: u64 = resources.iter().map(|(_, a)| a.encoded_len() as u64).sum();
+        let bytes: u64 = resources.iter().map(|a| a.encoded_len() as u64).sum();
         self.shared.counters.add(t, bytes, resources.len() as u64);
         let delta = matches!(tx, Sender::Delta(_));
         self.nonce[t.index()] = nonce.to_string();
@@ -862,7 +924,7 @@ impl<'a> Session<'a> {
             XdsKind::Cds => {
                 if delta {
                     let mut updates: Vec<(String, Option<String>)> = Vec::new();
-                    for (_, any) in resources {
+                    for any in resources {
                         updates.push(eds_name(any, full)?);
                     }
                     if !nack {
@@ -892,7 +954,7 @@ impl<'a> Session<'a> {
                     }
                 } else {
                     let mut eds = Vec::with_capacity(resources.len());
-                    for (_, any) in resources {
+                    for any in resources {
                         if let (_, Some(e)) = eds_name(any, full)? {
                             eds.push(e);
                         }
@@ -914,7 +976,7 @@ impl<'a> Session<'a> {
                 } else {
                     BTreeMap::new()
                 };
-                for (_, any) in resources {
+                for any in resources {
                     let (name, routes) = listener_routes(any)?;
                     listeners.insert(name, routes);
                 }
@@ -927,7 +989,7 @@ impl<'a> Session<'a> {
                 }
             }
             XdsKind::Eds => {
-                for (_, any) in resources {
+                for any in resources {
                     let name = if full {
                         decode::<ClusterLoadAssignment>(t, any)?.cluster_name
                     } else {
@@ -954,7 +1016,7 @@ impl<'a> Session<'a> {
                 }
             }
             XdsKind::Rds => {
-                for (_, any) in resources {
+                for any in resources {
                     let head: NameHead = decode(t, any)?;
                     let concerned: Vec<&Arc<Pending>> = active
                         .iter()
@@ -1166,9 +1228,9 @@ mod tests {
                 }),
                 ..Default::default()
             };
-            Any {
+            RawAny {
                 type_url: XdsKind::Cds.type_url().to_string(),
-                value: c.encode_to_vec(),
+                value: c.encode_to_vec().into(),
             }
         };
         for full in [false, true] {
@@ -1185,9 +1247,9 @@ mod tests {
                 ("c".to_string(), None)
             );
         }
-        let wrong = Any {
+        let wrong = RawAny {
             type_url: XdsKind::Lds.type_url().to_string(),
-            value: vec![],
+            value: bytes::Bytes::new(),
         };
         assert!(eds_name(&wrong, false).is_err());
     }
