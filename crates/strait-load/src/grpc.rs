@@ -36,9 +36,21 @@ pub struct Tx {
 impl Tx {
     /// Queues `m` for sending (HTTP/2 buffers what the window does not yet allow).
     pub fn send<M: Message>(&mut self, m: &M) -> Result<()> {
+        self.send_with(m, Bytes::new())
+    }
+
+    /// Queues the message made of `m`'s fields followed by `tail`, fields already encoded
+    /// (the protobuf encoding of a message is the concatenation of its fields', in any order).
+    /// `tail` is sent as it is, not copied.
+    pub fn send_with<M: Message>(&mut self, m: &M, tail: Bytes) -> Result<()> {
+        let closed = |_| Error::Closed;
         self.send
-            .send_data(frame(m), false)
-            .map_err(|_| Error::Closed)
+            .send_data(frame(m, tail.len()), false)
+            .map_err(closed)?;
+        if !tail.is_empty() {
+            self.send.send_data(tail, false).map_err(closed)?;
+        }
+        Ok(())
     }
 }
 
@@ -186,12 +198,13 @@ impl Connection {
     }
 }
 
-/// `m` with gRPC's prefix: not compressed, then its length (big-endian u32).
-fn frame<M: Message>(m: &M) -> Bytes {
+/// `m` with gRPC's prefix: not compressed, then the length of the message (big-endian u32),
+/// which has `more` bytes after `m`'s.
+fn frame<M: Message>(m: &M, more: usize) -> Bytes {
     let len = m.encoded_len();
     let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);
-    buf.put_u32(len as u32);
+    buf.put_u32((len + more) as u32);
     // Cannot fail: the buffer has room for the whole message.
     let _ = m.encode(&mut buf);
     buf.freeze()
@@ -332,7 +345,7 @@ mod tests {
         let m = envoy_types::pb::google::protobuf::StringValue {
             value: "x".repeat(10),
         };
-        let f = frame(&m);
+        let f = frame(&m, 0);
         assert_eq!(f[0], 0);
         assert_eq!(
             u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize,

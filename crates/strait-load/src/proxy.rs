@@ -251,7 +251,18 @@ struct NameCache {
     lists: Mutex<HashMap<u64, Weak<Vec<String>>>>,
     changes: Mutex<HashMap<u64, Change>>,
     diffs: Mutex<HashMap<(usize, usize), Diff>>,
+    wires: Mutex<HashMap<usize, Wire>>,
 }
+
+/// A list's names encoded as a request's `resource_names` field.
+#[derive(Debug)]
+struct Wire {
+    list: Weak<Vec<String>>,
+    bytes: bytes::Bytes,
+}
+
+/// Field number of `resource_names` in `DiscoveryRequest`.
+const RESOURCE_NAMES_FIELD: u32 = 3;
 
 /// `from` with `added` and without `gone` is `to`. A `Weak` keeps its allocation, so a live
 /// list at the same address is the same list.
@@ -353,6 +364,35 @@ impl NameCache {
             },
         );
         to
+    }
+
+    /// An interned list as the `resource_names` field of a SotW request, encoded once and
+    /// shared by every proxy sending it (an EDS ACK of a proxy holding 2,000 clusters lists
+    /// all 2,000 names).
+    fn wire(&self, list: &Arc<Vec<String>>) -> bytes::Bytes {
+        let key = Arc::as_ptr(list) as usize;
+        if let Some(w) = lock(&self.wires).get(&key)
+            && std::ptr::eq(w.list.as_ptr(), Arc::as_ptr(list))
+        {
+            return w.bytes.clone();
+        }
+        let mut buf = Vec::new();
+        for name in list.iter() {
+            prost::encoding::string::encode(RESOURCE_NAMES_FIELD, name, &mut buf);
+        }
+        let bytes = bytes::Bytes::from(buf);
+        let mut wires = lock(&self.wires);
+        if wires.len() > NAME_CACHE_PRUNE {
+            wires.retain(|_, w| w.list.strong_count() > 0);
+        }
+        wires.insert(
+            key,
+            Wire {
+                list: Arc::downgrade(list),
+                bytes: bytes.clone(),
+            },
+        );
+        bytes
     }
 
     /// [`sorted_diff`] of two interned lists, computed once per pair.
@@ -811,9 +851,9 @@ impl<'a> Session<'a> {
                 )?;
             }
         } else {
-            let mut first = sotw_request(XdsKind::Cds, Vec::new(), "", "");
+            let mut first = sotw_request(XdsKind::Cds, "", "");
             first.node = Some(self.spec.node());
-            let lds = sotw_request(XdsKind::Lds, Vec::new(), "", "");
+            let lds = sotw_request(XdsKind::Lds, "", "");
             let (tx, mut rx) = open(shared, SOTW_PATH, &[first, lds]).await?;
             let _connected = ConnectedGuard::new(&shared.connected);
             let mut tx = Sender::Sotw(tx);
@@ -833,12 +873,13 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Names the proxy currently subscribes to for `t` (SotW requests carry all of them).
-    fn names(&self, t: XdsKind) -> Vec<String> {
+    /// The `resource_names` field, encoded, of the names the proxy currently subscribes to
+    /// for `t` (SotW requests carry all of them).
+    fn names_wire(&self, t: XdsKind) -> bytes::Bytes {
         match t {
-            XdsKind::Eds => self.eds_asked.as_ref().clone(),
-            XdsKind::Rds => self.routes_asked.as_ref().clone(),
-            _ => Vec::new(),
+            XdsKind::Eds => self.shared.names.wire(&self.eds_asked),
+            XdsKind::Rds => self.shared.names.wire(&self.routes_asked),
+            _ => bytes::Bytes::new(),
         }
     }
 
@@ -856,9 +897,9 @@ impl<'a> Session<'a> {
         });
         match tx {
             Sender::Sotw(tx) => {
-                let mut r = sotw_request(t, self.names(t), &self.version[t.index()], nonce);
+                let mut r = sotw_request(t, &self.version[t.index()], nonce);
                 r.error_detail = error_detail;
-                tx.send(&r)
+                tx.send_with(&r, self.names_wire(t))
             }
             Sender::Delta(tx) => {
                 let mut r = delta_request(t, &[], &[], nonce);
@@ -878,13 +919,8 @@ impl<'a> Session<'a> {
     ) -> Result<()> {
         match tx {
             Sender::Sotw(tx) => {
-                let r = sotw_request(
-                    t,
-                    now.as_ref().clone(),
-                    &self.version[t.index()],
-                    &self.nonce[t.index()],
-                );
-                tx.send(&r)
+                let r = sotw_request(t, &self.version[t.index()], &self.nonce[t.index()]);
+                tx.send_with(&r, self.shared.names.wire(now))
             }
             Sender::Delta(tx) => {
                 let d = self.shared.names.diff(before, now);
@@ -1115,10 +1151,10 @@ impl<'a> Session<'a> {
     }
 }
 
-fn sotw_request(t: XdsKind, names: Vec<String>, version: &str, nonce: &str) -> DiscoveryRequest {
+/// A SotW request without its names ([`NameCache::wire`] encodes those).
+fn sotw_request(t: XdsKind, version: &str, nonce: &str) -> DiscoveryRequest {
     DiscoveryRequest {
         type_url: t.type_url().to_string(),
-        resource_names: names,
         version_info: version.to_string(),
         response_nonce: nonce.to_string(),
         ..Default::default()
@@ -1213,6 +1249,25 @@ mod tests {
         assert_eq!(*d, (s(&["b", "e"]), s(&["c"])));
         assert!(Arc::ptr_eq(&d, &cache.diff(&base, &one)));
         assert_eq!(cache.diff(&one, &base).0, s(&["c"]));
+    }
+
+    #[test]
+    fn sotw_requests_carry_the_shared_encoded_names() {
+        let cache = NameCache::default();
+        let list = cache.intern(s(&["outbound|80||a", "outbound|80||b"]));
+        let wire = cache.wire(&list);
+        assert_eq!(wire.as_ptr(), cache.wire(&list).as_ptr(), "encoded once");
+        let head = sotw_request(XdsKind::Eds, "v1", "n1");
+        let mut bytes = head.encode_to_vec();
+        bytes.extend_from_slice(&wire);
+        let r = DiscoveryRequest::decode(bytes.as_slice()).expect("decodes");
+        assert_eq!(r.resource_names, *list);
+        assert_eq!(r.type_url, XdsKind::Eds.type_url());
+        assert_eq!(
+            (r.version_info.as_str(), r.response_nonce.as_str()),
+            ("v1", "n1")
+        );
+        assert!(cache.wire(&cache.intern(vec![])).is_empty());
     }
 
     #[test]
