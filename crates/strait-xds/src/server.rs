@@ -269,7 +269,7 @@ impl Conn {
             snapshot: None,
             nonce: 0,
             inflight: Default::default(),
-            turn: Turn::new(shared.window.clone(), delta),
+            turn: Turn::new(shared.window.clone()),
         })
     }
 
@@ -282,8 +282,6 @@ impl Conn {
         self.registry.control_plane().clone()
     }
 
-    /// Records a rejection: logged with the proxy, type, nonce and Envoy's text, and kept for
-    /// status.
     /// The version of the response sent with `nonce`, if recent.
     fn version_of(&self, t: XdsType, nonce: &str) -> Option<String> {
         self.inflight[t.index()]
@@ -292,6 +290,8 @@ impl Conn {
             .map(|(_, v)| v.clone())
     }
 
+    /// Records a rejection: logged with the proxy, type, nonce and Envoy's text, and kept for
+    /// status.
     fn nack(&mut self, t: XdsType, nonce: &str, version: &str, message: &str) {
         self.turn.settled(t, nonce);
         warn!(proxy = %self.node.id, r#type = t.short(), nonce, version, error = message, "proxy rejected configuration (NACK)");

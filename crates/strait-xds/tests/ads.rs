@@ -358,25 +358,39 @@ async fn a_node_that_cannot_be_read_is_refused() {
     assert!(h.sync.is_empty());
 }
 
+/// A response of either protocol.
+trait Response: std::fmt::Debug {
+    fn type_url(&self) -> &str;
+}
+
+impl Response for DiscoveryResponse {
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+}
+
+impl Response for DeltaDiscoveryResponse {
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+}
+
 /// The next response of type `t`, skipping others.
-async fn next_of(
-    s: &mut tonic::Streaming<DeltaDiscoveryResponse>,
-    t: XdsType,
-) -> DeltaDiscoveryResponse {
+async fn next_of<R: Response>(s: &mut tonic::Streaming<R>, t: XdsType) -> R {
     loop {
         let r = next(s).await;
-        if r.type_url == t.type_url() {
+        if r.type_url() == t.type_url() {
             return r;
         }
     }
 }
 
 /// Whether a response of type `t` arrives within `wait` (others are skipped).
-async fn arrives(
-    s: &mut tonic::Streaming<DeltaDiscoveryResponse>,
+async fn arrives<R: Response>(
+    s: &mut tonic::Streaming<R>,
     t: XdsType,
     wait: Duration,
-) -> Option<DeltaDiscoveryResponse> {
+) -> Option<R> {
     tokio::time::timeout(wait, next_of(s, t)).await.ok()
 }
 
@@ -459,4 +473,78 @@ async fn large_route_pushes_wait_for_room_and_load_assignments_do_not() {
         .expect("ack");
     let r = next_of(&mut second.1, XdsType::Route).await;
     assert_eq!(delta_names(&r), ["8080"]);
+}
+
+#[tokio::test]
+async fn state_of_the_world_large_pushes_are_paced_too() {
+    // The same as above on state-of-the-world streams, where ACKs carry versions and names.
+    let mut h = harness_with(2500, 1).await;
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", h.addr))
+        .await
+        .expect("connect");
+    let mut proxies = Vec::new();
+    for i in 0..2 {
+        let (tx, rx) = mpsc::channel(16);
+        let mut first = req(XdsType::Route, &["8080"], "", "");
+        first.node = Some(Node {
+            id: format!("sidecar~10.9.9.{i}~client-{i}.shop~shop.svc.cluster.local"),
+            ..Default::default()
+        });
+        tx.send(first).await.expect("send");
+        tx.send(req(XdsType::Endpoint, &[WEB], "", ""))
+            .await
+            .expect("send");
+        let mut stream = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        for (t, name) in [(XdsType::Route, "8080"), (XdsType::Endpoint, WEB)] {
+            let r = next_of(&mut stream, t).await;
+            assert_eq!(r.resources.len(), 1);
+            tx.send(req(t, &[name], &r.version_info, &r.nonce))
+                .await
+                .expect("ack");
+        }
+        proxies.push((tx, stream));
+    }
+
+    h.index.apply(mk_service("new", "shop", &[8080]));
+    let (mesh, changes) = h.index.snapshot();
+    h.push.push(mesh, &changes);
+    let (first, second) = {
+        let (a, b) = proxies.split_at_mut(1);
+        let (a, b) = (&mut a[0], &mut b[0]);
+        tokio::select! {
+            r = next_of(&mut a.1, XdsType::Route) => ((a, r), b),
+            r = next_of(&mut b.1, XdsType::Route) => ((b, r), a),
+        }
+    };
+    let ((first_tx, _first_stream), routes) = first;
+    assert!(routes.resources[0].value.len() > 1 << 20);
+    assert!(
+        arrives(&mut second.1, XdsType::Route, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the second large push went out while the first was unacknowledged"
+    );
+
+    h.index
+        .apply(mk_slice("web-1", "shop", "web", &["10.0.0.7"], &[8080]));
+    let (mesh, changes) = h.index.snapshot();
+    h.push.push(mesh, &changes);
+    let eds = next_of(&mut second.1, XdsType::Endpoint).await;
+    assert_eq!(names(&eds, cla_name), [WEB]);
+
+    first_tx
+        .send(req(
+            XdsType::Route,
+            &["8080"],
+            &routes.version_info,
+            &routes.nonce,
+        ))
+        .await
+        .expect("ack");
+    let r = next_of(&mut second.1, XdsType::Route).await;
+    assert_eq!(r.resources.len(), 1);
 }
