@@ -33,6 +33,8 @@ pub struct XdsMetrics {
     pub push_seconds: Histogram,
     /// Config objects refused by validation.
     pub rejected_objects: Counter,
+    /// Seconds a large push waited for room in the push window before it went out.
+    pub window_wait_seconds: Histogram,
 }
 
 impl XdsMetrics {
@@ -46,6 +48,7 @@ impl XdsMetrics {
             pushes: Counter::default(),
             push_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             rejected_objects: Counter::default(),
+            window_wait_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
         };
         registry.register(
             "strait_xds_connected_proxies",
@@ -81,6 +84,11 @@ impl XdsMetrics {
             "strait_config_rejected_objects",
             "Config objects refused by validation",
             m.rejected_objects.clone(),
+        );
+        registry.register(
+            "strait_xds_push_window_wait_seconds",
+            "Time a large cluster, listener or route push waited for room in the push window",
+            m.window_wait_seconds.clone(),
         );
         Arc::new(m)
     }

@@ -341,6 +341,14 @@ impl Conn {
         admit
     }
 
+    /// The stream's turn in the push window came after `waited`: its held-back pushes go now.
+    fn turn_came(&self, waited: std::time::Duration) {
+        debug!(waited_ms = waited.as_millis() as u64, "push window turn");
+        self.metrics
+            .window_wait_seconds
+            .observe(waited.as_secs_f64());
+    }
+
     fn sent(&mut self, t: XdsType, nonce: &str, version: &str, bytes: usize, resources: usize) {
         self.metrics.response(t, bytes);
         let q = &mut self.inflight[t.index()];
@@ -451,7 +459,8 @@ async fn run_sotw<S: SnapshotSource, B>(
                     }
                 }
                 turn = conn.turn.next(), if conn.turn.active() => {
-                    if turn {
+                    if let Some(waited) = turn {
+                        conn.turn_came(waited);
                         for t in XdsType::ALL {
                             sotw_push(&mut conn, &mut types, t, SotwMode::Update, &tx).await?;
                         }
@@ -725,7 +734,8 @@ async fn run_delta<S: SnapshotSource, B>(
                     }
                 }
                 turn = conn.turn.next(), if conn.turn.active() => {
-                    if turn {
+                    if let Some(waited) = turn {
+                        conn.turn_came(waited);
                         for t in XdsType::ALL {
                             delta_push(&mut conn, &mut types, t, Vec::new(), &tx).await?;
                         }

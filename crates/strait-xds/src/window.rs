@@ -93,6 +93,8 @@ pub(crate) struct Turn {
     window: Arc<PushWindow>,
     held: Vec<Held>,
     waiting: Option<Waiting>,
+    /// When the stream started waiting for its turn.
+    waiting_since: Option<Instant>,
     granted: Option<OwnedSemaphorePermit>,
     /// The first type (in push order) held back: it and every later type wait for the turn,
     /// so responses keep their order (clusters before listeners before routes).
@@ -112,6 +114,7 @@ impl Turn {
             window,
             held: Vec::new(),
             waiting: None,
+            waiting_since: None,
             granted: None,
             deferred_from: None,
         }
@@ -134,6 +137,7 @@ impl Turn {
         self.deferred_from = Some(t.index());
         if self.waiting.is_none() {
             self.waiting = Some(self.window.take(bytes));
+            self.waiting_since = Some(Instant::now());
         }
         Admit::Wait
     }
@@ -172,9 +176,9 @@ impl Turn {
         self.waiting.is_some() || !self.held.is_empty()
     }
 
-    /// Waits for the stream's turn (`true`: push the held-back types now) or for a share to
-    /// outlive [`HOLD_MAX`] (`false`, after giving it back).
-    pub(crate) async fn next(&mut self) -> bool {
+    /// Waits for the stream's turn (`Some`: push the held-back types now; how long the stream
+    /// waited) or for a share to outlive [`HOLD_MAX`] (`None`, after giving it back).
+    pub(crate) async fn next(&mut self) -> Option<Duration> {
         let expiry = self
             .held
             .iter()
@@ -198,12 +202,12 @@ impl Turn {
                 self.waiting = None;
                 self.granted = permit;
                 self.deferred_from = None;
-                true
+                Some(self.waiting_since.take().map(|s| s.elapsed()).unwrap_or_default())
             }
             () = sleep => {
                 let now = Instant::now();
                 self.held.retain(|h| now.duration_since(h.since) < HOLD_MAX);
-                false
+                None
             }
         }
     }
@@ -255,7 +259,7 @@ mod tests {
         // A's ACK of the response (or a later one) gives its share back: B's turn comes.
         a.settled(XdsType::Route, "8");
         let (pushed, mut b) = granted.await.expect("task");
-        assert!(pushed);
+        assert!(pushed.is_some());
         assert!(!b.active());
         let Admit::Go(Some(p)) = b.admit(XdsType::Route, 100 << 10) else {
             panic!("granted share not used");
@@ -270,7 +274,7 @@ mod tests {
         a.hold(XdsType::Route, "9", Some(p));
         assert!(matches!(b.admit(XdsType::Route, 100 << 10), Admit::Wait));
         a.settled(XdsType::Route, "9");
-        assert!(b.next().await);
+        assert!(b.next().await.is_some());
         assert_eq!(window.available_kb(), 1024 - 100);
         b.end_of_turn();
         assert_eq!(window.available_kb(), 1024);
@@ -286,7 +290,7 @@ mod tests {
         a.hold(XdsType::Cluster, "1", Some(p));
         assert_eq!(window.available_kb(), 0);
         let started = Instant::now();
-        assert!(!a.next().await);
+        assert!(a.next().await.is_none());
         assert!(started.elapsed() >= HOLD_MAX);
         assert_eq!(window.available_kb(), 1024);
         assert!(!a.active());

@@ -22,7 +22,18 @@ struct Harness {
     push: PushController,
     sync: Arc<SyncRegistry>,
     index: MeshIndex,
+    registry: prometheus_client::registry::Registry,
     _stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Harness {
+    /// The value of a metric line, `name` with its labels as in the text exposition.
+    fn metric(&self, name: &str) -> Option<f64> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("encode");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
 }
 
 async fn harness() -> Harness {
@@ -61,6 +72,7 @@ async fn harness_with(more: usize, window_mb: u32) -> Harness {
         push,
         sync,
         index,
+        registry,
         _stop: stop,
     }
 }
@@ -473,6 +485,10 @@ async fn large_route_pushes_wait_for_room_and_load_assignments_do_not() {
         .expect("ack");
     let r = next_of(&mut second.1, XdsType::Route).await;
     assert_eq!(delta_names(&r), ["8080"]);
+    assert_eq!(
+        h.metric("strait_xds_push_window_wait_seconds_count"),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -547,4 +563,8 @@ async fn state_of_the_world_large_pushes_are_paced_too() {
         .expect("ack");
     let r = next_of(&mut second.1, XdsType::Route).await;
     assert_eq!(r.resources.len(), 1);
+    assert_eq!(
+        h.metric("strait_xds_push_window_wait_seconds_count"),
+        Some(1.0)
+    );
 }
