@@ -640,6 +640,45 @@ struct DeltaResponse {
     removed_resources: Vec<String>,
 }
 
+/// What the proxy reads of a response, whichever protocol.
+trait AdsResponse: Message + Default {
+    /// The message's name, for errors.
+    const NAME: &'static str;
+    fn type_url(&self) -> &str;
+    fn resources(&self) -> Vec<&RawAny>;
+    /// Names removed (Delta), version (SotW) and nonce.
+    fn rest(&self) -> (&[String], &str, &str);
+}
+
+impl AdsResponse for SotwResponse {
+    const NAME: &'static str = "DiscoveryResponse";
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+    fn resources(&self) -> Vec<&RawAny> {
+        self.resources.iter().collect()
+    }
+    fn rest(&self) -> (&[String], &str, &str) {
+        (&[], &self.version_info, &self.nonce)
+    }
+}
+
+impl AdsResponse for DeltaResponse {
+    const NAME: &'static str = "DeltaDiscoveryResponse";
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+    fn resources(&self) -> Vec<&RawAny> {
+        self.resources
+            .iter()
+            .filter_map(|r| r.resource.as_ref())
+            .collect()
+    }
+    fn rest(&self) -> (&[String], &str, &str) {
+        (&self.removed_resources, "", &self.nonce)
+    }
+}
+
 /// The resource of a Delta `Resource`.
 #[derive(Clone, PartialEq, Message)]
 struct DeltaResource {
@@ -819,56 +858,36 @@ impl<'a> Session<'a> {
 
     async fn run(&mut self) -> Result<()> {
         let shared = self.shared;
-        let opts = &shared.opts;
-        if opts.delta {
+        if shared.opts.delta {
             let mut first = delta_request(XdsKind::Cds, &[], &[], "");
             first.node = Some(self.spec.node());
             let lds = delta_request(XdsKind::Lds, &[], &[], "");
-            let (tx, mut rx) = open(shared, DELTA_PATH, &[first, lds]).await?;
-            let _connected = ConnectedGuard::new(&shared.connected);
-            let mut tx = Sender::Delta(tx);
-            while let Some(msg) = rx.message().await? {
-                let resp = DeltaResponse::decode(msg).map_err(|source| Error::Decode {
-                    type_url: "DeltaDiscoveryResponse".to_string(),
-                    source,
-                })?;
-                let Some(t) = XdsKind::from_type_url(&resp.type_url) else {
-                    warn!(type_url = %resp.type_url, "response of an unexpected type");
-                    continue;
-                };
-                let resources: Vec<&RawAny> = resp
-                    .resources
-                    .iter()
-                    .filter_map(|r| r.resource.as_ref())
-                    .collect();
-                self.handle(
-                    t,
-                    &resources,
-                    &resp.removed_resources,
-                    "",
-                    &resp.nonce,
-                    &mut tx,
-                )?;
-            }
+            let (tx, rx) = open(shared, DELTA_PATH, &[first, lds]).await?;
+            self.serve::<DeltaResponse>(Sender::Delta(tx), rx).await
         } else {
             let mut first = sotw_request(XdsKind::Cds, "", "");
             first.node = Some(self.spec.node());
             let lds = sotw_request(XdsKind::Lds, "", "");
-            let (tx, mut rx) = open(shared, SOTW_PATH, &[first, lds]).await?;
-            let _connected = ConnectedGuard::new(&shared.connected);
-            let mut tx = Sender::Sotw(tx);
-            while let Some(msg) = rx.message().await? {
-                let resp = SotwResponse::decode(msg).map_err(|source| Error::Decode {
-                    type_url: "DiscoveryResponse".to_string(),
-                    source,
-                })?;
-                let Some(t) = XdsKind::from_type_url(&resp.type_url) else {
-                    warn!(type_url = %resp.type_url, "response of an unexpected type");
-                    continue;
-                };
-                let resources: Vec<&RawAny> = resp.resources.iter().collect();
-                self.handle(t, &resources, &[], &resp.version_info, &resp.nonce, &mut tx)?;
-            }
+            let (tx, rx) = open(shared, SOTW_PATH, &[first, lds]).await?;
+            self.serve::<SotwResponse>(Sender::Sotw(tx), rx).await
+        }
+    }
+
+    /// Handles the responses of an open stream until it ends.
+    async fn serve<R: AdsResponse>(&mut self, mut tx: Sender, mut rx: grpc::Rx) -> Result<()> {
+        let _connected = ConnectedGuard::new(&self.shared.connected);
+        while let Some(msg) = rx.message().await? {
+            let resp = R::decode(msg).map_err(|source| Error::Decode {
+                type_url: R::NAME.to_string(),
+                source,
+            })?;
+            let Some(t) = XdsKind::from_type_url(resp.type_url()) else {
+                warn!(type_url = %resp.type_url(), "response of an unexpected type");
+                continue;
+            };
+            let resources = resp.resources();
+            let (removed, version, nonce) = resp.rest();
+            self.handle(t, &resources, removed, version, nonce, &mut tx)?;
         }
         Ok(())
     }
