@@ -30,7 +30,7 @@ use crate::request::{NameSet, NameSets, SotwRequest};
 use crate::resource::{ProxySnapshot, Resource, TypeView, XdsType};
 use crate::status::{ConnectionStatus, Nack, SyncRegistry, now_secs};
 use crate::window::{Admit, PushWindow, Turn};
-use crate::wire::{DeltaResponse, Sections, SotwResponse};
+use crate::wire::{DeltaResponse, Sections, SotwResponse, payload_len};
 
 /// Where the server gets each proxy's snapshots.
 pub trait SnapshotSource: Send + Sync + 'static {
@@ -323,15 +323,14 @@ impl Conn {
         });
     }
 
-    /// Whether a response of `resources` for `t` may go now. Only a push after a change
-    /// (`pushed`) can wait for room in the push window; what the proxy asked for goes at once.
-    fn admit(&mut self, t: XdsType, pushed: bool, resources: &[Arc<Resource>]) -> Admit {
+    /// Whether a response of `bytes` of resources for `t` may go now. Only a push after a
+    /// change (`pushed`) can wait for room in the push window; what the proxy asked for goes
+    /// at once.
+    fn admit(&mut self, t: XdsType, pushed: bool, bytes: usize) -> Admit {
         if !pushed {
             return Admit::Go(None);
         }
-        let admit = self
-            .turn
-            .admit(t, resources.iter().map(|r| r.any.len()).sum());
+        let admit = self.turn.admit(t, bytes);
         if matches!(admit, Admit::Wait) {
             debug!(
                 r#type = t.short(),
@@ -587,13 +586,16 @@ async fn sotw_push(
         (None, _) => SotwMode::Full,
         (Some(_), m) => m,
     };
-    let resources: Vec<Arc<Resource>> = if t.is_wildcard_type() {
+    // Wildcard types send the whole view: its resources are collected only once the push
+    // may go (a push waiting for the window would otherwise take and drop a reference to
+    // every cluster, references shared with every other stream).
+    let picked: Option<Vec<Arc<Resource>>> = if t.is_wildcard_type() {
         if let (SotwMode::Update, Some(sent)) = (&mode, &st.sent)
             && sent.same_as(view)
         {
             return Ok(());
         }
-        view.iter().cloned().collect()
+        None
     } else {
         if st.names.is_empty() {
             st.sent = Some(view.clone());
@@ -624,11 +626,16 @@ async fn sotw_push(
             st.sent = Some(view.clone());
             return Ok(());
         }
-        picked
+        Some(picked)
     };
-    let Admit::Go(share) = conn.admit(t, matches!(mode, SotwMode::Update), &resources) else {
+    let bytes = match &picked {
+        Some(p) => payload_len(p),
+        None => payload_len(view.iter()),
+    };
+    let Admit::Go(share) = conn.admit(t, matches!(mode, SotwMode::Update), bytes) else {
         return Ok(());
     };
+    let resources = picked.unwrap_or_else(|| view.iter().cloned().collect());
     let version = view.version_string();
     let nonce = conn.next_nonce();
     let resp = SotwResponse {
@@ -638,7 +645,6 @@ async fn sotw_push(
         nonce: nonce.clone(),
         control_plane: conn.control_plane(),
     };
-    let bytes = resp.payload_len();
     let count = resp.resources.len();
     debug!(r#type = t.short(), %version, %nonce, resources = count, bytes, "send");
     st.sent = Some(view.clone());
@@ -896,7 +902,8 @@ async fn delta_push(
         st.sent = Some(view.clone());
         return Ok(());
     }
-    let Admit::Go(share) = conn.admit(t, pushed, &resources) else {
+    let bytes = payload_len(&resources);
+    let Admit::Go(share) = conn.admit(t, pushed, bytes) else {
         return Ok(());
     };
     st.sent = Some(view.clone());
@@ -910,7 +917,6 @@ async fn delta_push(
         removed,
         control_plane: conn.control_plane(),
     };
-    let bytes = resp.payload_len();
     debug!(r#type = t.short(), %nonce, resources = resp.resources.len(), removed = resp.removed.len(), bytes, "send");
     st.nonce = Some(nonce.clone());
     let holds = if st.wildcard {

@@ -261,11 +261,9 @@ pub struct SotwResponse {
     pub control_plane: Arc<str>,
 }
 
-impl SotwResponse {
-    /// Bytes of resource payload in this response.
-    pub fn payload_len(&self) -> usize {
-        self.resources.iter().map(|r| r.any.len()).sum()
-    }
+/// Bytes of resource payload (encoded `Any`s) in a response carrying `resources`.
+pub(crate) fn payload_len<'a>(resources: impl IntoIterator<Item = &'a Arc<Resource>>) -> usize {
+    resources.into_iter().map(|r| r.any.len()).sum()
 }
 
 fn control_plane_len(id: &str) -> usize {
@@ -348,13 +346,6 @@ pub struct DeltaResponse {
     pub removed: Vec<Arc<str>>,
     /// control_plane.identifier (7.1).
     pub control_plane: Arc<str>,
-}
-
-impl DeltaResponse {
-    /// Bytes of resource payload in this response.
-    pub fn payload_len(&self) -> usize {
-        self.resources.iter().map(|r| r.any.len()).sum()
-    }
 }
 
 /// Length of the inner `Resource` message: version (1), resource (2), name (3).
