@@ -330,6 +330,10 @@ mod tests {
         }
     }
 
+    fn decoded(names: &[&str]) -> SotwRequest {
+        SotwRequest::decode(Bytes::from(request(names).encode_to_vec())).expect("decodes")
+    }
+
     #[test]
     fn decodes_like_the_generated_type() {
         let full = request(&["outbound|80||a", "outbound|80||b"]);
@@ -347,11 +351,7 @@ mod tests {
 
     #[test]
     fn the_fingerprint_sees_order_and_content() {
-        let f = |names: &[&str]| {
-            SotwRequest::decode(Bytes::from(request(names).encode_to_vec()))
-                .expect("decodes")
-                .names_fingerprint()
-        };
+        let f = |names: &[&str]| decoded(names).names_fingerprint();
         assert_eq!(f(&["a", "b", "c"]), f(&["a", "b", "c"]));
         assert_ne!(f(&["a", "b", "c"]), f(&["c", "a", "b"]));
         assert_ne!(f(&["a", "b"]), f(&["a", "bb"]));
@@ -378,11 +378,7 @@ mod tests {
 
     #[test]
     fn the_hash_ignores_order_and_sees_changes() {
-        let h = |names: &[&str]| {
-            SotwRequest::decode(Bytes::from(request(names).encode_to_vec()))
-                .expect("decodes")
-                .names_hash()
-        };
+        let h = |names: &[&str]| decoded(names).names_hash();
         assert_eq!(h(&["a", "b", "c"]), h(&["c", "a", "b"]));
         assert_ne!(h(&["a", "b", "c"]), h(&["a", "b"]));
         assert_ne!(h(&["a", "b"]), h(&["a", "x"]));
