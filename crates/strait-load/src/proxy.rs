@@ -250,15 +250,46 @@ impl TypeCounters {
 struct NameCache {
     lists: Mutex<HashMap<u64, Weak<Vec<String>>>>,
     changes: Mutex<HashMap<u64, Change>>,
-    diffs: Mutex<HashMap<(usize, usize), Diff>>,
-    wires: Mutex<HashMap<usize, Wire>>,
+    /// Subscription diffs, by (before, now).
+    diffs: ListMemo<2, Arc<(Vec<String>, Vec<String>)>>,
+    /// Lists encoded as a request's `resource_names` field.
+    wires: ListMemo<1, bytes::Bytes>,
 }
 
-/// A list's names encoded as a request's `resource_names` field.
+/// Values computed from interned lists, by the lists' addresses. An entry's `Weak`s keep
+/// those addresses reserved, so a live list at an entry's address is the list the value was
+/// computed from.
 #[derive(Debug)]
-struct Wire {
-    list: Weak<Vec<String>>,
-    bytes: bytes::Bytes,
+struct ListMemo<const N: usize, V> {
+    map: Mutex<HashMap<[usize; N], Memo<N, V>>>,
+}
+
+/// The lists a value was computed from, and the value.
+type Memo<const N: usize, V> = ([Weak<Vec<String>>; N], V);
+
+impl<const N: usize, V> Default for ListMemo<N, V> {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+        }
+    }
+}
+
+impl<const N: usize, V: Clone> ListMemo<N, V> {
+    /// The value for `lists`, made by `make` the first time.
+    fn get(&self, lists: [&Arc<Vec<String>>; N], make: impl FnOnce() -> V) -> V {
+        let key = lists.map(|l| Arc::as_ptr(l) as usize);
+        if let Some((_, v)) = lock(&self.map).get(&key) {
+            return v.clone();
+        }
+        let v = make();
+        let mut map = lock(&self.map);
+        if map.len() > NAME_CACHE_PRUNE {
+            map.retain(|_, (lists, _)| lists.iter().all(|l| l.strong_count() > 0));
+        }
+        map.insert(key, (lists.map(Arc::downgrade), v.clone()));
+        v
+    }
 }
 
 /// Field number of `resource_names` in `DiscoveryRequest`.
@@ -272,14 +303,6 @@ struct Change {
     added: Vec<String>,
     gone: Vec<String>,
     to: Weak<Vec<String>>,
-}
-
-/// What a proxy going from `before` to `now` subscribes to and unsubscribes from.
-#[derive(Debug)]
-struct Diff {
-    before: Weak<Vec<String>>,
-    now: Weak<Vec<String>>,
-    sub_unsub: Arc<(Vec<String>, Vec<String>)>,
 }
 
 /// Entries kept before dead ones are dropped.
@@ -370,58 +393,24 @@ impl NameCache {
     /// shared by every proxy sending it (an EDS ACK of a proxy holding 2,000 clusters lists
     /// all 2,000 names).
     fn wire(&self, list: &Arc<Vec<String>>) -> bytes::Bytes {
-        let key = Arc::as_ptr(list) as usize;
-        if let Some(w) = lock(&self.wires).get(&key)
-            && std::ptr::eq(w.list.as_ptr(), Arc::as_ptr(list))
-        {
-            return w.bytes.clone();
-        }
-        let mut buf = Vec::new();
-        for name in list.iter() {
-            prost::encoding::string::encode(RESOURCE_NAMES_FIELD, name, &mut buf);
-        }
-        let bytes = bytes::Bytes::from(buf);
-        let mut wires = lock(&self.wires);
-        if wires.len() > NAME_CACHE_PRUNE {
-            wires.retain(|_, w| w.list.strong_count() > 0);
-        }
-        wires.insert(
-            key,
-            Wire {
-                list: Arc::downgrade(list),
-                bytes: bytes.clone(),
-            },
-        );
-        bytes
+        self.wires.get([list], || {
+            let mut buf = Vec::new();
+            for name in list.iter() {
+                prost::encoding::string::encode(RESOURCE_NAMES_FIELD, name, &mut buf);
+            }
+            buf.into()
+        })
     }
 
-    /// [`sorted_diff`] of two interned lists, computed once per pair.
+    /// What a proxy going from `before` to `now` subscribes to and unsubscribes from
+    /// ([`sorted_diff`]), computed once per pair.
     fn diff(
         &self,
         before: &Arc<Vec<String>>,
         now: &Arc<Vec<String>>,
     ) -> Arc<(Vec<String>, Vec<String>)> {
-        let key = (Arc::as_ptr(before) as usize, Arc::as_ptr(now) as usize);
-        if let Some(d) = lock(&self.diffs).get(&key)
-            && std::ptr::eq(d.before.as_ptr(), Arc::as_ptr(before))
-            && std::ptr::eq(d.now.as_ptr(), Arc::as_ptr(now))
-        {
-            return d.sub_unsub.clone();
-        }
-        let sub_unsub = Arc::new(sorted_diff(before, now));
-        let mut diffs = lock(&self.diffs);
-        if diffs.len() > NAME_CACHE_PRUNE {
-            diffs.retain(|_, d| d.before.strong_count() > 0 && d.now.strong_count() > 0);
-        }
-        diffs.insert(
-            key,
-            Diff {
-                before: Arc::downgrade(before),
-                now: Arc::downgrade(now),
-                sub_unsub: sub_unsub.clone(),
-            },
-        );
-        sub_unsub
+        self.diffs
+            .get([before, now], || Arc::new(sorted_diff(before, now)))
     }
 }
 
