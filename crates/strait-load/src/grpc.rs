@@ -5,17 +5,19 @@
 //! has seen, grown by doubling. With 2,000 simulated proxies each receiving megabyte-sized
 //! route configurations and load assignments, those buffers held 5–6 GB, and faulting that
 //! memory in was most of the harness's CPU during initial sync: CPU taken from the control
-//! plane it measures on a shared machine. Here a message is assembled in a buffer of exactly
-//! its size (or not copied at all when one HTTP/2 data frame holds it) and freed once
-//! decoded, and resources keep pointing into it instead of being copied again.
+//! plane it measures on a shared machine. Here messages are cut out of the received chunks by
+//! strait's own [`MessageBuffer`] (copied into a buffer of exactly their size only when they
+//! span several) and freed once decoded, and resources keep pointing into them instead of
+//! being copied again.
 //!
 //! The HTTP/2 settings are the peer's defaults except the flow-control windows, so the server
 //! sees frames of the size a stock Envoy accepts.
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
+use strait_xds::MessageBuffer;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -57,7 +59,7 @@ impl Tx {
 /// The receiving half.
 pub struct Rx {
     recv: h2::RecvStream,
-    frames: Deframer,
+    frames: MessageBuffer,
     /// Ends the connection task with the stream.
     _conn: AbortOnDrop,
 }
@@ -74,19 +76,23 @@ impl Rx {
     /// The next message, or `None` once the server ends the stream with status OK.
     pub async fn message(&mut self) -> Result<Option<Bytes>> {
         loop {
-            if let Some(m) = self.frames.next() {
+            if let Some(m) = self
+                .frames
+                .message()
+                .map_err(|e| Error::Stream(e.to_string()))?
+            {
                 return Ok(Some(m));
             }
             match self.recv.data().await {
                 Some(Ok(chunk)) => {
                     let n = chunk.len();
-                    self.frames.push(chunk)?;
+                    self.frames.push(chunk);
                     // Errors here mean the stream is gone; the next read reports it.
                     let _ = self.recv.flow_control().release_capacity(n);
                 }
                 Some(Err(e)) => return Err(stream_error(&e)),
                 None => {
-                    if self.frames.partial() {
+                    if !self.frames.is_empty() {
                         return Err(Error::Stream(
                             "the stream ended inside a message".to_string(),
                         ));
@@ -191,7 +197,7 @@ impl Connection {
         }
         let rx = Rx {
             recv: response.into_body(),
-            frames: Deframer::default(),
+            frames: MessageBuffer::new(MAX_MESSAGE),
             _conn: self.conn,
         };
         Ok((tx, rx))
@@ -210,139 +216,16 @@ fn frame<M: Message>(m: &M, more: usize) -> Bytes {
     buf.freeze()
 }
 
-/// Splits received data into gRPC messages.
-#[derive(Default)]
-struct Deframer {
-    head: [u8; 5],
-    head_len: usize,
-    /// Length of the message being assembled, once its prefix is complete.
-    want: Option<usize>,
-    body: Vec<u8>,
-    ready: std::collections::VecDeque<Bytes>,
-}
-
-impl Deframer {
-    fn next(&mut self) -> Option<Bytes> {
-        self.ready.pop_front()
-    }
-
-    /// True in the middle of a message.
-    fn partial(&self) -> bool {
-        self.head_len > 0 || self.want.is_some()
-    }
-
-    fn push(&mut self, mut chunk: Bytes) -> Result<()> {
-        while chunk.has_remaining() {
-            let Some(want) = self.want else {
-                let n = (5 - self.head_len).min(chunk.len());
-                self.head[self.head_len..self.head_len + n].copy_from_slice(&chunk[..n]);
-                self.head_len += n;
-                chunk.advance(n);
-                if self.head_len == 5 {
-                    self.head_len = 0;
-                    if self.head[0] != 0 {
-                        return Err(Error::Stream(
-                            "compressed message, and no compression was asked for".to_string(),
-                        ));
-                    }
-                    let len = u32::from_be_bytes([
-                        self.head[1],
-                        self.head[2],
-                        self.head[3],
-                        self.head[4],
-                    ]) as usize;
-                    if len > MAX_MESSAGE {
-                        return Err(Error::Stream(format!(
-                            "message of {len} bytes, more than {MAX_MESSAGE}"
-                        )));
-                    }
-                    if len == 0 {
-                        self.ready.push_back(Bytes::new());
-                    } else {
-                        self.want = Some(len);
-                    }
-                }
-                continue;
-            };
-            if self.body.is_empty() && chunk.len() >= want {
-                // The whole message in this chunk: no copy.
-                self.ready.push_back(chunk.split_to(want));
-                self.want = None;
-                continue;
-            }
-            if self.body.capacity() == 0 {
-                self.body = Vec::with_capacity(want);
-            }
-            let n = (want - self.body.len()).min(chunk.len());
-            self.body.extend_from_slice(&chunk[..n]);
-            chunk.advance(n);
-            if self.body.len() == want {
-                self.ready
-                    .push_back(Bytes::from(std::mem::take(&mut self.body)));
-                self.want = None;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envoy_types::pb::google::protobuf::StringValue;
 
-    fn prefixed(payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![0];
-        v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        v.extend_from_slice(payload);
-        v
-    }
-
-    #[test]
-    fn messages_are_reassembled_across_any_split() {
-        let a: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
-        let b = b"short".to_vec();
-        let mut wire = prefixed(&a);
-        wire.extend(prefixed(&[]));
-        wire.extend(prefixed(&b));
-        for size in [1, 2, 4, 5, 7, 64, 305, 1000] {
-            let mut d = Deframer::default();
-            let mut got = Vec::new();
-            for piece in wire.chunks(size) {
-                d.push(Bytes::copy_from_slice(piece))
-                    .expect("valid framing");
-                while let Some(m) = d.next() {
-                    got.push(m.to_vec());
-                }
-            }
-            assert_eq!(got, vec![a.clone(), vec![], b.clone()], "chunks of {size}");
-            assert!(!d.partial());
-        }
-    }
-
-    #[test]
-    fn a_message_inside_one_chunk_is_not_copied() {
-        let wire = Bytes::from(prefixed(b"payload"));
-        let mut d = Deframer::default();
-        d.push(wire.clone()).expect("valid framing");
-        let m = d.next().expect("one message");
-        assert_eq!(&m[..], b"payload");
-        assert_eq!(m.as_ptr(), wire[5..].as_ptr());
-    }
-
-    #[test]
-    fn compressed_or_truncated_messages_are_errors() {
-        let mut d = Deframer::default();
-        assert!(d.push(Bytes::from_static(&[1, 0, 0, 0, 1, 9])).is_err());
-        let mut d = Deframer::default();
-        d.push(Bytes::from_static(&[0, 0, 0, 0, 9, 1]))
-            .expect("valid so far");
-        assert!(d.partial());
-        assert!(d.next().is_none());
-    }
+    // Cutting received bytes into messages is `strait_xds::MessageBuffer`'s, tested there.
 
     #[test]
     fn frames_carry_the_length_prefix() {
-        let m = envoy_types::pb::google::protobuf::StringValue {
+        let m = StringValue {
             value: "x".repeat(10),
         };
         let f = frame(&m, 0);
@@ -351,10 +234,29 @@ mod tests {
             u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize,
             f.len() - 5
         );
-        let mut d = Deframer::default();
-        d.push(f).expect("valid framing");
-        let back = envoy_types::pb::google::protobuf::StringValue::decode(d.next().expect("one"))
-            .expect("decodes");
+        let mut d = MessageBuffer::new(MAX_MESSAGE);
+        d.push(f);
+        let back = StringValue::decode(d.message().expect("valid").expect("one")).expect("decodes");
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn a_tail_of_encoded_fields_is_counted_in_the_prefix() {
+        let head = StringValue {
+            value: "a".to_string(),
+        };
+        let tail = Bytes::from(
+            StringValue {
+                value: "b".to_string(),
+            }
+            .encode_to_vec(),
+        );
+        let mut d = MessageBuffer::new(MAX_MESSAGE);
+        d.push(frame(&head, tail.len()));
+        assert!(d.message().expect("valid").is_none(), "waits for the tail");
+        d.push(tail);
+        // The later occurrence of a singular field wins: the tail's.
+        let back = StringValue::decode(d.message().expect("valid").expect("one")).expect("decodes");
+        assert_eq!(back.value, "b");
     }
 }

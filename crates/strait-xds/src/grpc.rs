@@ -18,78 +18,74 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::codegen::http;
 
-/// Reads length-prefixed gRPC messages from a request body.
-pub struct RequestReader<B> {
-    body: Pin<Box<B>>,
+/// Why received bytes are not a well-formed gRPC message.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The compressed flag is set; no compression is negotiated.
+    #[error("compressed messages are not supported")]
+    Compressed,
+    /// The length prefix is above the limit.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The message's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Received bytes cut into length-prefixed gRPC messages. Chunks are kept as they arrive; a
+/// message is the chunk itself when it lies in one, and is copied into a buffer of exactly
+/// its size only when it spans several.
+pub struct MessageBuffer {
     chunks: VecDeque<Bytes>,
     buffered: usize,
     max: usize,
-    ended: bool,
 }
 
-impl<B> RequestReader<B>
-where
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError>,
-{
-    /// A reader refusing messages above `max` bytes.
-    pub fn new(body: B, max: usize) -> Self {
+impl MessageBuffer {
+    /// A buffer refusing messages above `max` bytes.
+    pub fn new(max: usize) -> Self {
         Self {
-            body: Box::pin(body),
             chunks: VecDeque::new(),
             buffered: 0,
             max,
-            ended: false,
         }
     }
 
-    /// The next message, `None` at the end of the stream.
-    pub async fn message(&mut self) -> Result<Option<Bytes>, Status> {
-        loop {
-            if self.buffered >= 5 {
-                let mut header = [0u8; 5];
-                self.peek(&mut header);
-                if header[0] != 0 {
-                    return Err(Status::unimplemented(
-                        "compressed requests are not supported",
-                    ));
-                }
-                let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-                if len > self.max {
-                    return Err(Status::resource_exhausted(format!(
-                        "request of {len} bytes exceeds the limit of {} bytes",
-                        self.max
-                    )));
-                }
-                if self.buffered >= 5 + len {
-                    self.advance(5);
-                    return Ok(Some(self.take(len)));
-                }
-            }
-            if self.ended {
-                return if self.buffered == 0 {
-                    Ok(None)
-                } else {
-                    Err(Status::internal("request stream ended inside a message"))
-                };
-            }
-            match self.body.frame().await {
-                None => self.ended = true,
-                Some(Err(e)) => {
-                    let e: tonic::codegen::StdError = e.into();
-                    return Err(Status::unavailable(format!("request stream: {e}")));
-                }
-                Some(Ok(frame)) => {
-                    if let Ok(mut data) = frame.into_data() {
-                        let chunk = data.copy_to_bytes(data.remaining());
-                        if !chunk.is_empty() {
-                            self.buffered += chunk.len();
-                            self.chunks.push_back(chunk);
-                        }
-                    }
-                }
-            }
+    /// Adds received bytes.
+    pub fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.buffered += chunk.len();
+            self.chunks.push_back(chunk);
         }
+    }
+
+    /// True when nothing is buffered (at the end of a stream: it did not end inside a
+    /// message).
+    pub fn is_empty(&self) -> bool {
+        self.buffered == 0
+    }
+
+    /// The next complete message, if one is buffered.
+    pub fn message(&mut self) -> Result<Option<Bytes>, FrameError> {
+        if self.buffered < 5 {
+            return Ok(None);
+        }
+        let mut header = [0u8; 5];
+        self.peek(&mut header);
+        if header[0] != 0 {
+            return Err(FrameError::Compressed);
+        }
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        if self.buffered < 5 + len {
+            return Ok(None);
+        }
+        self.advance(5);
+        Ok(Some(self.take(len)))
     }
 
     fn peek(&self, out: &mut [u8]) {
@@ -147,6 +143,63 @@ where
         }
         self.buffered -= n - need;
         out.freeze()
+    }
+}
+
+/// Reads length-prefixed gRPC messages from a request body.
+pub struct RequestReader<B> {
+    body: Pin<Box<B>>,
+    messages: MessageBuffer,
+    ended: bool,
+}
+
+impl<B> RequestReader<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    /// A reader refusing messages above `max` bytes.
+    pub fn new(body: B, max: usize) -> Self {
+        Self {
+            body: Box::pin(body),
+            messages: MessageBuffer::new(max),
+            ended: false,
+        }
+    }
+
+    /// The next message, `None` at the end of the stream.
+    pub async fn message(&mut self) -> Result<Option<Bytes>, Status> {
+        loop {
+            match self.messages.message() {
+                Ok(Some(m)) => return Ok(Some(m)),
+                Ok(None) => {}
+                Err(e @ FrameError::Compressed) => {
+                    return Err(Status::unimplemented(format!("request: {e}")));
+                }
+                Err(e @ FrameError::TooLarge { .. }) => {
+                    return Err(Status::resource_exhausted(format!("request: {e}")));
+                }
+            }
+            if self.ended {
+                return if self.messages.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Status::internal("request stream ended inside a message"))
+                };
+            }
+            match self.body.frame().await {
+                None => self.ended = true,
+                Some(Err(e)) => {
+                    let e: tonic::codegen::StdError = e.into();
+                    return Err(Status::unavailable(format!("request stream: {e}")));
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        self.messages.push(data.copy_to_bytes(data.remaining()));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -269,6 +322,36 @@ mod tests {
             assert_eq!(r.message().await.expect("ok").map(|m| m.len()), Some(300));
             assert!(r.message().await.expect("ok").is_none());
         }
+    }
+
+    #[test]
+    fn a_buffer_reassembles_across_any_split_and_copies_only_what_spans_chunks() {
+        let a: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let mut wire = framed(&a);
+        wire.extend(framed(&[]));
+        wire.extend(framed(b"short"));
+        for size in [1, 2, 4, 5, 7, 64, 305, 1000] {
+            let mut m = MessageBuffer::new(1000);
+            let mut got = Vec::new();
+            for piece in wire.chunks(size) {
+                m.push(Bytes::copy_from_slice(piece));
+                while let Some(msg) = m.message().expect("valid framing") {
+                    got.push(msg.to_vec());
+                }
+            }
+            assert_eq!(
+                got,
+                vec![a.clone(), vec![], b"short".to_vec()],
+                "chunks of {size}"
+            );
+            assert!(m.is_empty());
+        }
+        let one = Bytes::from(framed(b"payload"));
+        let mut m = MessageBuffer::new(1000);
+        m.push(one.clone());
+        let msg = m.message().expect("valid").expect("one message");
+        assert_eq!(&msg[..], b"payload");
+        assert_eq!(msg.as_ptr(), one[5..].as_ptr(), "not copied");
     }
 
     #[tokio::test]

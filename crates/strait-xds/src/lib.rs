@@ -23,6 +23,7 @@ mod window;
 mod wire;
 
 pub use cache::{ConfigCache, OwnLayers};
+pub use grpc::{FrameError, MessageBuffer};
 pub use metrics::XdsMetrics;
 pub use node::{proxy_node, struct_to_json};
 pub use push::{PushController, PushOptions};
