@@ -153,8 +153,9 @@ pub struct PlannedChange {
     pub expect: Expectation,
 }
 
-/// Relative frequencies of change kinds.
-#[derive(Debug, Clone, Copy)]
+/// Relative frequencies of change kinds. Written `scale_up=25,scale_down=25,readiness=30,
+/// config=15,new_service=5` (the default); kinds left out weigh 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChurnMix {
     /// Endpoint additions.
     pub scale_up: u32,
@@ -177,6 +178,76 @@ impl Default for ChurnMix {
             config: 15,
             new_service: 5,
         }
+    }
+}
+
+impl ChurnMix {
+    fn fields(&self) -> [(&'static str, u32); 5] {
+        [
+            ("scale_up", self.scale_up),
+            ("scale_down", self.scale_down),
+            ("readiness", self.readiness),
+            ("config", self.config),
+            ("new_service", self.new_service),
+        ]
+    }
+}
+
+impl std::fmt::Display for ChurnMix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .fields()
+            .iter()
+            .map(|(k, w)| format!("{k}={w}"))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl std::str::FromStr for ChurnMix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut mix = ChurnMix {
+            scale_up: 0,
+            scale_down: 0,
+            readiness: 0,
+            config: 0,
+            new_service: 0,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (kind, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: expected KIND=WEIGHT"))?;
+            let weight: u32 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{part}`: the weight is not a whole number"))?;
+            let slot = match kind.trim() {
+                "scale_up" => &mut mix.scale_up,
+                "scale_down" => &mut mix.scale_down,
+                "readiness" => &mut mix.readiness,
+                "config" => &mut mix.config,
+                "new_service" => &mut mix.new_service,
+                other => {
+                    return Err(format!(
+                        "unknown change kind `{other}` (scale_up, scale_down, readiness, \
+                         config, new_service)"
+                    ));
+                }
+            };
+            *slot = weight;
+        }
+        if mix.fields().iter().all(|(_, w)| *w == 0) {
+            return Err("every weight is 0".into());
+        }
+        Ok(mix)
+    }
+}
+
+impl Serialize for ChurnMix {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -667,6 +738,29 @@ mod tests {
             ChangeKind::NewService,
         ] {
             assert!(kinds.contains(&k), "{k:?} never planned");
+        }
+    }
+
+    #[test]
+    fn a_mix_is_written_as_kind_weight_pairs() {
+        let d = ChurnMix::default();
+        assert_eq!(d.to_string().parse::<ChurnMix>(), Ok(d));
+        let only: ChurnMix = "scale_up=1, readiness=3".parse().expect("parses");
+        assert_eq!((only.scale_up, only.readiness, only.new_service), (1, 3, 0));
+        let mut planner = ChurnPlanner::new(3, only);
+        let mut mesh = MeshState::generate(&MeshSpec {
+            services: 20,
+            ..MeshSpec::default()
+        });
+        for _ in 0..50 {
+            let c = planner.plan(&mut mesh, &HashSet::new());
+            assert!(matches!(
+                c.kind,
+                ChangeKind::ScaleUp | ChangeKind::Readiness
+            ));
+        }
+        for bad in ["scale_up", "scale_up=x", "nope=1", "config=0", ""] {
+            assert!(bad.parse::<ChurnMix>().is_err(), "{bad}");
         }
     }
 

@@ -47,8 +47,14 @@ pub struct SotwRequest {
     /// error_detail (6).
     pub error_detail: Option<RpcStatus>,
     buf: Bytes,
-    names: Vec<(u32, u32)>,
+    /// From the first `resource_names` field (its key) to the end of the last one. Other
+    /// fields may lie in between: the names are found by walking the span again.
+    span: (u32, u32),
+    count: u32,
 }
+
+/// The key of a `resource_names` field (3, length-delimited).
+const NAME_KEY: u8 = 3 << 3 | 2;
 
 #[inline]
 fn varint(b: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
@@ -59,7 +65,7 @@ fn varint(b: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
         *pos += 1;
         return Ok(u64::from(x));
     }
-    let mut s = &b[*pos..];
+    let mut s = b.get(*pos..).unwrap_or_default();
     let before = s.len();
     let v = prost::encoding::decode_varint(&mut s)?;
     *pos += before - s.len();
@@ -70,6 +76,45 @@ fn text(slice: &[u8]) -> Result<&str, DecodeError> {
     std::str::from_utf8(slice).map_err(|_| DecodeError::new("invalid UTF-8 in a string field"))
 }
 
+/// The end of the length-delimited value whose length is at `pos`; `pos` moves to the value.
+#[inline]
+fn delimited(b: &[u8], pos: &mut usize) -> Result<usize, DecodeError> {
+    let len = usize::try_from(varint(b, pos)?).map_err(|_| DecodeError::new("length overflows"))?;
+    pos.checked_add(len)
+        .filter(|e| *e <= b.len())
+        .ok_or_else(|| DecodeError::new("field runs past the message"))
+}
+
+/// The field at `pos`: its tag and, when length-delimited, its value. `pos` moves past it.
+fn field<'a>(b: &'a [u8], pos: &mut usize) -> Result<(u64, Option<&'a [u8]>), DecodeError> {
+    let key = varint(b, pos)?;
+    let value = match key & 7 {
+        0 => {
+            varint(b, pos)?;
+            None
+        }
+        1 => {
+            *pos += 8;
+            None
+        }
+        5 => {
+            *pos += 4;
+            None
+        }
+        2 => {
+            let end = delimited(b, pos)?;
+            let value = &b[*pos..end];
+            *pos = end;
+            Some(value)
+        }
+        w => return Err(DecodeError::new(format!("unsupported wire type {w}"))),
+    };
+    if *pos > b.len() {
+        return Err(DecodeError::new("field runs past the message"));
+    }
+    Ok((key >> 3, value))
+}
+
 /// The hash of a name in a set: sets hash to the wrapping sum of their names' hashes, so the
 /// order a proxy lists them in does not matter. 128 bits: equal hashes are taken to mean
 /// equal sets.
@@ -78,80 +123,89 @@ fn name_hash(name: &[u8]) -> u128 {
 }
 
 impl SotwRequest {
-    /// Decodes a request.
+    /// Decodes a request. Names are only stepped over, in a loop of their own: an ACK may
+    /// list thousands.
     pub fn decode(buf: Bytes) -> Result<Self, DecodeError> {
         let mut out = SotwRequest::default();
         let b = &buf[..];
+        let mut span: Option<(usize, usize)> = None;
         let mut pos = 0usize;
         while pos < b.len() {
-            let key = varint(b, &mut pos)?;
-            let tag = key >> 3;
-            match key & 7 {
-                0 => {
-                    varint(b, &mut pos)?;
+            if b[pos] == NAME_KEY {
+                let first = pos;
+                while b.get(pos) == Some(&NAME_KEY) {
+                    pos += 1;
+                    pos = delimited(b, &mut pos)?;
+                    out.count += 1;
                 }
-                1 => pos += 8,
-                5 => pos += 4,
-                2 => {
-                    let len = usize::try_from(varint(b, &mut pos)?)
-                        .map_err(|_| DecodeError::new("length overflows"))?;
-                    let end = pos
-                        .checked_add(len)
-                        .filter(|e| *e <= b.len())
-                        .ok_or_else(|| DecodeError::new("field runs past the message"))?;
-                    let slice = &b[pos..end];
-                    match tag {
-                        1 => out.version_info = text(slice)?.to_string(),
-                        2 => out.node = Some(Node::decode(slice)?),
-                        3 => {
-                            // Checked for UTF-8 (and hashed) only when looked at. Offsets
-                            // fit: requests are limited far below 4 GiB.
-                            out.names.push((pos as u32, end as u32));
-                        }
-                        4 => out.type_url = text(slice)?.to_string(),
-                        5 => out.response_nonce = text(slice)?.to_string(),
-                        6 => out.error_detail = Some(RpcStatus::decode(slice)?),
-                        _ => {}
-                    }
-                    pos = end;
-                }
-                w => return Err(DecodeError::new(format!("unsupported wire type {w}"))),
+                span = Some((span.map_or(first, |(s, _)| s), pos));
+                continue;
             }
-            if pos > b.len() {
-                return Err(DecodeError::new("field runs past the message"));
+            let (tag, value) = field(b, &mut pos)?;
+            let Some(v) = value else { continue };
+            match tag {
+                1 => out.version_info = text(v)?.to_string(),
+                2 => out.node = Some(Node::decode(v)?),
+                4 => out.type_url = text(v)?.to_string(),
+                5 => out.response_nonce = text(v)?.to_string(),
+                6 => out.error_detail = Some(RpcStatus::decode(v)?),
+                _ => {}
             }
         }
+        // Offsets fit: requests are limited far below 4 GiB.
+        out.span = span.map_or((0, 0), |(s, e)| (s as u32, e as u32));
         out.buf = buf;
         Ok(out)
     }
 
+    /// Each name's bytes, in the order listed.
+    fn each_name<'a>(
+        &'a self,
+        mut f: impl FnMut(&'a [u8]) -> Result<(), DecodeError>,
+    ) -> Result<(), DecodeError> {
+        let b = &self.buf[self.span.0 as usize..self.span.1 as usize];
+        let mut pos = 0;
+        while pos < b.len() {
+            if let (3, Some(name)) = field(b, &mut pos)? {
+                f(name)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The subscribed names, as the proxy listed them.
     pub fn names(&self) -> Result<Vec<&str>, DecodeError> {
-        self.names
-            .iter()
-            .map(|(s, e)| text(&self.buf[*s as usize..*e as usize]))
-            .collect()
+        let mut out = Vec::with_capacity(self.count as usize);
+        self.each_name(|n| {
+            out.push(text(n)?);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// A hash of the set of names, whatever their order.
     pub fn names_hash(&self) -> u128 {
-        self.names.iter().fold(0u128, |h, (s, e)| {
-            h.wrapping_add(name_hash(&self.buf[*s as usize..*e as usize]))
-        })
+        let mut h = 0u128;
+        // The span was walked by `decode`: it cannot fail now.
+        let _ = self.each_name(|n| {
+            h = h.wrapping_add(name_hash(n));
+            Ok(())
+        });
+        h
     }
 
     /// A hash of the names exactly as listed (order included), and how many: a proxy that
     /// repeats its last list (every ACK in the state of the world) is recognised by one pass
     /// over the bytes instead of a hash per name.
     pub fn names_fingerprint(&self) -> (u64, usize) {
-        let hash = match (self.names.first(), self.names.last()) {
-            // From the first name to the last: the names and whatever lies between them.
-            (Some((start, _)), Some((_, end))) => {
-                xxhash_rust::xxh3::xxh3_64(&self.buf[*start as usize..*end as usize])
-            }
-            _ => 0,
+        let (start, end) = (self.span.0 as usize, self.span.1 as usize);
+        let hash = if start == end {
+            0
+        } else {
+            // The names and whatever lies between them.
+            xxhash_rust::xxh3::xxh3_64(&self.buf[start..end])
         };
-        (hash, self.names.len())
+        (hash, self.count as usize)
     }
 }
 
@@ -347,6 +401,26 @@ mod tests {
             r.names().expect("utf-8"),
             ["outbound|80||a", "outbound|80||b"]
         );
+    }
+
+    #[test]
+    fn names_may_come_in_several_runs_and_be_long() {
+        let long = "x".repeat(300);
+        let mut buf = Vec::new();
+        let put = |buf: &mut Vec<u8>, tag: u32, v: &str| {
+            prost::encoding::string::encode(tag, &v.to_string(), buf)
+        };
+        put(&mut buf, 3, "a");
+        put(&mut buf, 4, "type");
+        put(&mut buf, 3, &long);
+        put(&mut buf, 5, "n1");
+        put(&mut buf, 3, "c");
+        let r = SotwRequest::decode(Bytes::from(buf)).expect("decodes");
+        assert_eq!(r.type_url, "type");
+        assert_eq!(r.response_nonce, "n1");
+        assert_eq!(r.names().expect("utf-8"), ["a", long.as_str(), "c"]);
+        assert_eq!(r.names_fingerprint().1, 3);
+        assert_eq!(r.names_hash(), decoded(&["c", &long, "a"]).names_hash());
     }
 
     #[test]

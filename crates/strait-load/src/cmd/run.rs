@@ -103,6 +103,10 @@ pub struct RunArgs {
     /// Seconds of churn.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// Relative weights of the change kinds, `KIND=WEIGHT,…` (kinds left out weigh 0):
+    /// scale_up, scale_down, readiness, config, new_service.
+    #[arg(long, default_value_t = ChurnMix::default())]
+    pub churn_mix: ChurnMix,
     /// Where to write the JSON report.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -499,7 +503,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     {
         shared.nack_enabled.store(true, Ordering::Release);
         let count = (args.churn_rate * args.duration).round().max(1.0) as usize;
-        let mut planner = ChurnPlanner::new(args.seed, ChurnMix::default());
+        let mut planner = ChurnPlanner::new(args.seed, args.churn_mix);
         let churn_start = Instant::now();
         info!(changes = count, rate = args.churn_rate, "churn");
         for k in 0..count {
