@@ -11,7 +11,8 @@
 //! being copied again.
 //!
 //! The HTTP/2 settings are the peer's defaults except the flow-control windows, so the server
-//! sees frames of the size a stock Envoy accepts.
+//! sees frames of the size a stock Envoy accepts, and what one turn of the connection writes
+//! leaves in one system call, as Envoy's writes do ([`Coalesced`]).
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use strait_xds::MessageBuffer;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use crate::coalesce::{Coalesced, Turns};
 use crate::{Error, Result};
 
 /// Flow-control window of the stream and of the connection. Received data is handed back
@@ -144,15 +146,16 @@ pub async fn connect(addr: &str, connect_timeout: Duration) -> Result<Connection
         .map_err(|e| connect_err(e.to_string()))?;
     tcp.set_nodelay(true)
         .map_err(|e| connect_err(e.to_string()))?;
+    let turns = Turns::default();
     let (client, connection) = h2::client::Builder::new()
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
-        .handshake::<_, Bytes>(tcp)
+        .handshake::<_, Bytes>(Coalesced::new(tcp, turns.clone()))
         .await
         .map_err(|e| connect_err(e.to_string()))?;
     let conn = AbortOnDrop(tokio::spawn(async move {
         // The stream reports the failure; the connection only has to be driven.
-        let _ = connection.await;
+        let _ = turns.drive(connection).await;
     }));
     let client = client
         .ready()

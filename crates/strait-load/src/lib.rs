@@ -6,10 +6,11 @@
 //!
 //! The library holds the parts that are pure or self-contained: mesh generation
 //! ([`mesh`]), churn planning and convergence bookkeeping ([`churn`]), the simulated proxy
-//! ([`proxy`]) and its gRPC stream ([`grpc`]), `/proc` and Prometheus readers ([`procfs`], [`prom`]), statistics
+//! ([`proxy`]) and its gRPC stream ([`grpc`], writing as Envoy does through [`coalesce`]), `/proc` and Prometheus readers ([`procfs`], [`prom`]), statistics
 //! ([`stats`]) and the report ([`report`]). The `strait-load` binary wires them together.
 
 pub mod churn;
+pub mod coalesce;
 pub mod grpc;
 pub mod mesh;
 pub mod procfs;
