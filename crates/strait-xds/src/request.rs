@@ -3,9 +3,11 @@
 //! A state-of-the-world EDS or RDS request (and every ACK of one) lists every name the proxy
 //! subscribes to: with a thousand services, a hundred kilobytes per ACK, for every proxy, at
 //! every push. Almost always the list is the one the proxy sent last time. So names are not
-//! turned into strings here: the request keeps its bytes, records where each name is, and
-//! hashes the set; the stream looks at the names only when the hash differs. Sets of names are
-//! shared between the proxies that subscribe to the same ones ([`NameSets`]).
+//! turned into strings here: the request keeps its bytes, records where the names lie and
+//! hashes those bytes ([`NameList`]); the stream looks at the names only when the hash
+//! differs. Given where the stream's last lists lay, decoding checks the same place first and
+//! hashes it instead of stepping over every name. Sets of names are shared between the proxies
+//! that subscribe to the same ones ([`NameSets`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -47,10 +49,33 @@ pub struct SotwRequest {
     /// error_detail (6).
     pub error_detail: Option<RpcStatus>,
     buf: Bytes,
+    list: NameList,
+}
+
+/// Where a request's names lie and what their bytes hash to. Compared with the next request's
+/// to tell an unchanged list, and handed to the next decode as a hint: a list found again at
+/// the same place is recognised by one hash of its bytes, without stepping over each name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NameList {
     /// From the first `resource_names` field (its key) to the end of the last one. Other
     /// fields may lie in between: the names are found by walking the span again.
     span: (u32, u32),
     count: u32,
+    /// xxh3 of the span's bytes (0 when there are no names).
+    fingerprint: u64,
+}
+
+impl NameList {
+    /// True when both list the same names in the same order (equal hashes are taken to mean
+    /// equal lists).
+    pub fn same_names(&self, other: &NameList) -> bool {
+        self.fingerprint == other.fingerprint && self.count == other.count
+    }
+
+    /// How many names.
+    pub fn count(&self) -> usize {
+        self.count as usize
+    }
 }
 
 /// The key of a `resource_names` field (3, length-delimited).
@@ -126,17 +151,46 @@ impl SotwRequest {
     /// Decodes a request. Names are only stepped over, in a loop of their own: an ACK may
     /// list thousands.
     pub fn decode(buf: Bytes) -> Result<Self, DecodeError> {
+        Self::decode_hinted(buf, &[])
+    }
+
+    /// Decodes a request whose names may be one of `hints` (the lists of the stream's last
+    /// requests), found again at the same place: then they are hashed, not stepped over.
+    pub fn decode_hinted(buf: Bytes, hints: &[NameList]) -> Result<Self, DecodeError> {
         let mut out = SotwRequest::default();
         let b = &buf[..];
         let mut span: Option<(usize, usize)> = None;
+        let mut count = 0u32;
+        // A hash already taken, and of which bytes.
+        let mut hashed: Option<((usize, usize), u64)> = None;
         let mut pos = 0usize;
         while pos < b.len() {
             if b[pos] == NAME_KEY {
                 let first = pos;
+                if span.is_none() {
+                    for h in hints {
+                        let end = h.span.1 as usize;
+                        if h.count == 0
+                            || h.span.0 as usize != pos
+                            || end > b.len()
+                            || b.get(end) == Some(&NAME_KEY)
+                        {
+                            continue;
+                        }
+                        let fp = xxhash_rust::xxh3::xxh3_64(&b[pos..end]);
+                        hashed = Some(((pos, end), fp));
+                        if fp == h.fingerprint {
+                            // The same bytes as a list walked before: the same names.
+                            count = h.count;
+                            pos = end;
+                            break;
+                        }
+                    }
+                }
                 while b.get(pos) == Some(&NAME_KEY) {
                     pos += 1;
                     pos = delimited(b, &mut pos)?;
-                    out.count += 1;
+                    count += 1;
                 }
                 span = Some((span.map_or(first, |(s, _)| s), pos));
                 continue;
@@ -152,8 +206,18 @@ impl SotwRequest {
                 _ => {}
             }
         }
-        // Offsets fit: requests are limited far below 4 GiB.
-        out.span = span.map_or((0, 0), |(s, e)| (s as u32, e as u32));
+        if let Some((start, end)) = span {
+            let fingerprint = match hashed {
+                Some((at, fp)) if at == (start, end) => fp,
+                _ => xxhash_rust::xxh3::xxh3_64(&b[start..end]),
+            };
+            // Offsets fit: requests are limited far below 4 GiB.
+            out.list = NameList {
+                span: (start as u32, end as u32),
+                count,
+                fingerprint,
+            };
+        }
         out.buf = buf;
         Ok(out)
     }
@@ -163,7 +227,8 @@ impl SotwRequest {
         &'a self,
         mut f: impl FnMut(&'a [u8]) -> Result<(), DecodeError>,
     ) -> Result<(), DecodeError> {
-        let b = &self.buf[self.span.0 as usize..self.span.1 as usize];
+        let (start, end) = self.list.span;
+        let b = &self.buf[start as usize..end as usize];
         let mut pos = 0;
         while pos < b.len() {
             if let (3, Some(name)) = field(b, &mut pos)? {
@@ -175,7 +240,7 @@ impl SotwRequest {
 
     /// The subscribed names, as the proxy listed them.
     pub fn names(&self) -> Result<Vec<&str>, DecodeError> {
-        let mut out = Vec::with_capacity(self.count as usize);
+        let mut out = Vec::with_capacity(self.list.count());
         self.each_name(|n| {
             out.push(text(n)?);
             Ok(())
@@ -194,18 +259,10 @@ impl SotwRequest {
         h
     }
 
-    /// A hash of the names exactly as listed (order included), and how many: a proxy that
-    /// repeats its last list (every ACK in the state of the world) is recognised by one pass
-    /// over the bytes instead of a hash per name.
-    pub fn names_fingerprint(&self) -> (u64, usize) {
-        let (start, end) = (self.span.0 as usize, self.span.1 as usize);
-        let hash = if start == end {
-            0
-        } else {
-            // The names and whatever lies between them.
-            xxhash_rust::xxh3::xxh3_64(&self.buf[start..end])
-        };
-        (hash, self.count as usize)
+    /// Where the names lie, and a hash of them exactly as listed (order included): a proxy
+    /// that repeats its last list (every ACK in the state of the world) is recognised by it.
+    pub fn list(&self) -> NameList {
+        self.list
     }
 }
 
@@ -419,18 +476,64 @@ mod tests {
         assert_eq!(r.type_url, "type");
         assert_eq!(r.response_nonce, "n1");
         assert_eq!(r.names().expect("utf-8"), ["a", long.as_str(), "c"]);
-        assert_eq!(r.names_fingerprint().1, 3);
+        assert_eq!(r.list().count(), 3);
         assert_eq!(r.names_hash(), decoded(&["c", &long, "a"]).names_hash());
     }
 
     #[test]
     fn the_fingerprint_sees_order_and_content() {
-        let f = |names: &[&str]| decoded(names).names_fingerprint();
-        assert_eq!(f(&["a", "b", "c"]), f(&["a", "b", "c"]));
-        assert_ne!(f(&["a", "b", "c"]), f(&["c", "a", "b"]));
-        assert_ne!(f(&["a", "b"]), f(&["a", "bb"]));
-        assert_ne!(f(&["ab"]), f(&["a", "b"]));
-        assert_eq!(f(&[]), (0, 0));
+        let f = |names: &[&str]| decoded(names).list();
+        assert!(f(&["a", "b", "c"]).same_names(&f(&["a", "b", "c"])));
+        assert!(!f(&["a", "b", "c"]).same_names(&f(&["c", "a", "b"])));
+        assert!(!f(&["a", "b"]).same_names(&f(&["a", "bb"])));
+        assert!(!f(&["ab"]).same_names(&f(&["a", "b"])));
+        assert_eq!(f(&[]), NameList::default());
+    }
+
+    #[test]
+    fn a_hint_recognises_the_same_list_and_is_checked() {
+        let names: Vec<String> = (0..300).map(|i| format!("outbound|80||s{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let walked = decoded(&refs).list();
+        let encode = |version: &str, names: &[&str], nonce: &str| {
+            let mut r = request(names);
+            r.version_info = version.into();
+            r.node = None;
+            r.response_nonce = nonce.into();
+            Bytes::from(r.encode_to_vec())
+        };
+        let again = |buf: Bytes, hints: &[NameList]| {
+            SotwRequest::decode_hinted(buf, hints).expect("decodes")
+        };
+        // Where the proxy's last request put them: found by hashing.
+        let first = SotwRequest::decode(encode("v1", &refs, "1")).expect("decodes");
+        let hinted = again(
+            encode("v2", &refs, "22"),
+            &[NameList::default(), first.list()],
+        );
+        assert!(hinted.list().same_names(&walked));
+        assert_eq!(hinted.list(), first.list());
+        assert_eq!(hinted.response_nonce, "22");
+        assert_eq!(hinted.names().expect("utf-8").len(), 300);
+        // Same length, one name changed: the hash differs and the names are walked.
+        let mut changed = refs.clone();
+        changed[7] = "outbound|80||sX";
+        let other = again(encode("v2", &changed, "3"), &[first.list()]);
+        assert!(!other.list().same_names(&first.list()));
+        assert_eq!(other.list().count(), 300);
+        assert_eq!(other.names().expect("utf-8")[7], "outbound|80||sX");
+        // A longer list, or one further along, does not match the hint's place.
+        let mut more = refs.clone();
+        more.push("outbound|80||extra");
+        let longer = again(encode("v2", &more, "3"), &[first.list()]);
+        assert_eq!(longer.list().count(), 301);
+        let shifted = again(encode("v10", &refs, "3"), &[first.list()]);
+        assert!(shifted.list().same_names(&first.list()));
+        assert_ne!(shifted.list(), first.list());
+        // A broken message is still refused whatever the hint.
+        let mut bad = encode("v1", &refs, "1").to_vec();
+        bad.truncate(bad.len() - 1);
+        assert!(SotwRequest::decode_hinted(Bytes::from(bad), &[first.list()]).is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use strait_model::ProxyNode;
 use crate::grpc::{self, Outgoing, RequestReader, ResponseBody};
 use crate::metrics::XdsMetrics;
 use crate::node::proxy_node;
-use crate::request::{NameSet, NameSets, SotwRequest};
+use crate::request::{NameList, NameSet, NameSets, SotwRequest};
 use crate::resource::{ProxySnapshot, Resource, TypeView, XdsType};
 use crate::status::{ConnectionStatus, Nack, SyncRegistry, now_secs};
 use crate::window::{Admit, PushWindow, Turn};
@@ -376,8 +376,8 @@ struct SotwType {
     /// The view the proxy holds (None: nothing sent yet, or a full resend is due).
     sent: Option<TypeView>,
     nonce: Option<String>,
-    /// [`SotwRequest::names_fingerprint`] of the request `names` came from.
-    listed: Option<(u64, usize)>,
+    /// The list of the request `names` came from.
+    listed: Option<NameList>,
 }
 
 /// The next request of a stream, decoded with `decode`. `Ok(None)`: the proxy closed it.
@@ -442,9 +442,10 @@ async fn run_sotw<S: SnapshotSource, B>(
             if *closing.borrow_and_update() {
                 return Err(End::Refused(Status::unavailable("control plane shutting down")));
             }
+            let hints = types.each_ref().map(|t| t.listed.unwrap_or_default());
             tokio::select! {
                 _ = closing.changed() => {}
-                req = next_request(&mut requests, SotwRequest::decode) => match req? {
+                req = next_request(&mut requests, |b| SotwRequest::decode_hinted(b, &hints)) => match req? {
                     Some(r) => sotw_request(&mut conn, &mut types, r, &tx).await?,
                     None => return Err(End::Closed),
                 },
@@ -519,29 +520,35 @@ async fn sotw_request(
         // Most requests (every ACK) list the names the proxy listed before, in the same
         // order: compare the list's bytes, then the set's hash, and look at the names only
         // when both differ.
-        let listed = req.names_fingerprint();
-        let added: Vec<Arc<str>> = if st.listed == Some(listed) {
-            Vec::new()
-        } else if req.names_hash() == st.names.hash() {
-            st.listed = Some(listed);
-            Vec::new()
+        let listed = req.list();
+        let unchanged = st.listed.is_some_and(|l| l.same_names(&listed));
+        // Kept even when unchanged: where the names now lie is the next decode's hint.
+        st.listed = Some(listed);
+        let hash = if unchanged {
+            None
         } else {
-            // Another proxy may have subscribed to exactly these names already.
-            let new = match conn.names.find(req.names_hash()) {
-                Some(set) => set,
-                None => {
-                    let view = conn.snapshot.as_ref().map(|s| s.view(t));
-                    let names = req.names().map_err(|e| {
-                        End::Refused(Status::invalid_argument(format!("resource names: {e}")))
-                    })?;
-                    conn.names
-                        .intern(names.into_iter().map(|n| intern(view, n)).collect())
-                }
-            };
-            let added = conn.names.added(&st.names, &new).to_vec();
-            st.names = new;
-            st.listed = Some(listed);
-            added
+            Some(req.names_hash())
+        };
+        let added: Vec<Arc<str>> = match hash {
+            None => Vec::new(),
+            Some(h) if h == st.names.hash() => Vec::new(),
+            Some(h) => {
+                // Another proxy may have subscribed to exactly these names already.
+                let new = match conn.names.find(h) {
+                    Some(set) => set,
+                    None => {
+                        let view = conn.snapshot.as_ref().map(|s| s.view(t));
+                        let names = req.names().map_err(|e| {
+                            End::Refused(Status::invalid_argument(format!("resource names: {e}")))
+                        })?;
+                        conn.names
+                            .intern(names.into_iter().map(|n| intern(view, n)).collect())
+                    }
+                };
+                let added = conn.names.added(&st.names, &new).to_vec();
+                st.names = new;
+                added
+            }
         };
         if initial || st.sent.is_none() {
             Some(SotwMode::Full)
