@@ -101,10 +101,13 @@ impl Resource {
         })
     }
 
-    /// The version as Envoy sees it.
+    /// The version as Envoy sees it: [`Resource::VERSION_LEN`] hexadecimal digits.
     pub fn version_string(&self) -> String {
         format!("{:016x}", self.version)
     }
+
+    /// Length of [`Resource::version_string`].
+    pub const VERSION_LEN: usize = 16;
 }
 
 /// A named set of resources of one type, shared between proxies.

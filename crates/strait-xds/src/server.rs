@@ -859,7 +859,15 @@ async fn delta_push(
             let candidates: Vec<&Arc<Resource>> = if st.wildcard {
                 view.iter().collect()
             } else {
-                st.names.iter().filter_map(|n| view.get(n)).collect()
+                // One lookup per name: what exists is sent, what does not is removed.
+                let mut found = Vec::with_capacity(st.names.len());
+                for n in st.names.iter() {
+                    match view.get(n) {
+                        Some(r) => found.push(r),
+                        None => removed.push(n.clone()),
+                    }
+                }
+                found
             };
             for r in candidates {
                 // Versions are formatted only for what the proxy says it holds.
@@ -871,13 +879,11 @@ async fn delta_push(
                 }
             }
             for name in initial.keys() {
-                if view.get(name).is_none() && st.wants(name) {
+                if view.get(name).is_none()
+                    && st.wants(name)
+                    && !removed.iter().any(|r| **r == **name)
+                {
                     removed.push(Arc::from(name.as_str()));
-                }
-            }
-            for n in st.names.iter() {
-                if view.get(n).is_none() && !removed.contains(n) {
-                    removed.push(n.clone());
                 }
             }
         }

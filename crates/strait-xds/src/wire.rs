@@ -72,7 +72,7 @@ fn put_resource(style: Style, r: &Resource, sink: &mut (impl Sink + ?Sized)) {
         Style::Delta => {
             let version = r.version_string();
             encoding::encode_key(2, WireType::LengthDelimited, sink.buf());
-            encoding::encode_varint(delta_resource_len(r, &version) as u64, sink.buf());
+            encoding::encode_varint(delta_resource_len(r) as u64, sink.buf());
             put_string(1, &version, sink.buf());
             put_bytes(2, &r.any, sink);
             put_string(3, &r.name, sink.buf());
@@ -85,7 +85,7 @@ fn resources_len(style: Style, resources: &[Arc<Resource>]) -> usize {
         .iter()
         .map(|r| match style {
             Style::Sotw => key_len(2) + ld_len(r.any.len()),
-            Style::Delta => key_len(2) + ld_len(delta_resource_len(r, &r.version_string())),
+            Style::Delta => key_len(2) + ld_len(delta_resource_len(r)),
         })
         .sum()
 }
@@ -349,8 +349,14 @@ pub struct DeltaResponse {
 }
 
 /// Length of the inner `Resource` message: version (1), resource (2), name (3).
-fn delta_resource_len(r: &Resource, version: &str) -> usize {
-    string_len(1, version) + key_len(2) + ld_len(r.any.len()) + string_len(3, &r.name)
+/// A `Resource` message's length (its version string is of fixed length: not formatted to be
+/// measured).
+fn delta_resource_len(r: &Resource) -> usize {
+    key_len(1)
+        + ld_len(Resource::VERSION_LEN)
+        + key_len(2)
+        + ld_len(r.any.len())
+        + string_len(3, &r.name)
 }
 
 impl DeltaResponse {
