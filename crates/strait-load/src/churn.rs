@@ -182,14 +182,19 @@ impl Default for ChurnMix {
 }
 
 impl ChurnMix {
-    fn fields(&self) -> [(&'static str, u32); 5] {
+    fn fields_mut(&mut self) -> [(&'static str, &mut u32); 5] {
         [
-            ("scale_up", self.scale_up),
-            ("scale_down", self.scale_down),
-            ("readiness", self.readiness),
-            ("config", self.config),
-            ("new_service", self.new_service),
+            ("scale_up", &mut self.scale_up),
+            ("scale_down", &mut self.scale_down),
+            ("readiness", &mut self.readiness),
+            ("config", &mut self.config),
+            ("new_service", &mut self.new_service),
         ]
+    }
+
+    fn fields(&self) -> [(&'static str, u32); 5] {
+        let mut copy = *self;
+        copy.fields_mut().map(|(k, w)| (k, *w))
     }
 }
 
@@ -223,20 +228,14 @@ impl std::str::FromStr for ChurnMix {
                 .trim()
                 .parse()
                 .map_err(|_| format!("`{part}`: the weight is not a whole number"))?;
-            let slot = match kind.trim() {
-                "scale_up" => &mut mix.scale_up,
-                "scale_down" => &mut mix.scale_down,
-                "readiness" => &mut mix.readiness,
-                "config" => &mut mix.config,
-                "new_service" => &mut mix.new_service,
-                other => {
-                    return Err(format!(
-                        "unknown change kind `{other}` (scale_up, scale_down, readiness, \
-                         config, new_service)"
-                    ));
-                }
+            let kind = kind.trim();
+            let mut fields = mix.fields_mut();
+            let known: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+            let known = known.join(", ");
+            let Some((_, slot)) = fields.iter_mut().find(|(k, _)| *k == kind) else {
+                return Err(format!("unknown change kind `{kind}` ({known})"));
             };
-            *slot = weight;
+            **slot = weight;
         }
         if mix.fields().iter().all(|(_, w)| *w == 0) {
             return Err("every weight is 0".into());

@@ -140,6 +140,29 @@ fn field<'a>(b: &'a [u8], pos: &mut usize) -> Result<(u64, Option<&'a [u8]>), De
     Ok((key >> 3, value))
 }
 
+/// The hint whose list lies at `pos` in `b`, byte for byte. Each hash taken is left in
+/// `hashed`, with the bytes it covers.
+fn hint_at<'h>(
+    b: &[u8],
+    pos: usize,
+    hints: &'h [NameList],
+    hashed: &mut Option<((usize, usize), u64)>,
+) -> Option<&'h NameList> {
+    hints.iter().find(|h| {
+        let end = h.span.1 as usize;
+        if h.count == 0
+            || h.span.0 as usize != pos
+            || end > b.len()
+            || b.get(end) == Some(&NAME_KEY)
+        {
+            return false;
+        }
+        let fp = xxhash_rust::xxh3::xxh3_64(&b[pos..end]);
+        *hashed = Some(((pos, end), fp));
+        fp == h.fingerprint
+    })
+}
+
 /// The hash of a name in a set: sets hash to the wrapping sum of their names' hashes, so the
 /// order a proxy lists them in does not matter. 128 bits: equal hashes are taken to mean
 /// equal sets.
@@ -167,25 +190,12 @@ impl SotwRequest {
         while pos < b.len() {
             if b[pos] == NAME_KEY {
                 let first = pos;
-                if span.is_none() {
-                    for h in hints {
-                        let end = h.span.1 as usize;
-                        if h.count == 0
-                            || h.span.0 as usize != pos
-                            || end > b.len()
-                            || b.get(end) == Some(&NAME_KEY)
-                        {
-                            continue;
-                        }
-                        let fp = xxhash_rust::xxh3::xxh3_64(&b[pos..end]);
-                        hashed = Some(((pos, end), fp));
-                        if fp == h.fingerprint {
-                            // The same bytes as a list walked before: the same names.
-                            count = h.count;
-                            pos = end;
-                            break;
-                        }
-                    }
+                if span.is_none()
+                    && let Some(h) = hint_at(b, pos, hints, &mut hashed)
+                {
+                    // The same bytes as a list walked before: the same names.
+                    count = h.count;
+                    pos = h.span.1 as usize;
                 }
                 while b.get(pos) == Some(&NAME_KEY) {
                     pos += 1;

@@ -524,17 +524,15 @@ async fn sotw_request(
         let unchanged = st.listed.is_some_and(|l| l.same_names(&listed));
         // Kept even when unchanged: where the names now lie is the next decode's hint.
         st.listed = Some(listed);
-        let hash = if unchanged {
-            None
+        let added: Vec<Arc<str>> = if unchanged {
+            Vec::new()
         } else {
-            Some(req.names_hash())
-        };
-        let added: Vec<Arc<str>> = match hash {
-            None => Vec::new(),
-            Some(h) if h == st.names.hash() => Vec::new(),
-            Some(h) => {
+            let hash = req.names_hash();
+            if hash == st.names.hash() {
+                Vec::new()
+            } else {
                 // Another proxy may have subscribed to exactly these names already.
-                let new = match conn.names.find(h) {
+                let new = match conn.names.find(hash) {
                     Some(set) => set,
                     None => {
                         let view = conn.snapshot.as_ref().map(|s| s.view(t));

@@ -27,6 +27,12 @@ struct Harness {
 }
 
 impl Harness {
+    /// Pushes what the index now holds.
+    fn publish(&mut self) {
+        let (mesh, changes) = self.index.snapshot();
+        self.push.push(mesh, &changes);
+    }
+
     /// The value of a metric line, `name` with its labels as in the text exposition.
     fn metric(&self, name: &str) -> Option<f64> {
         let mut text = String::new();
@@ -202,8 +208,7 @@ async fn sotw_subscriptions_acks_and_nacks() {
         &["10.0.0.1", "10.0.0.2"],
         &[8080],
     ));
-    let (mesh, changes) = h.index.snapshot();
-    h.push.push(mesh, &changes);
+    h.publish();
     let upd = next(&mut stream).await;
     assert_eq!(upd.type_url, XdsType::Endpoint.type_url());
     assert_eq!(names(&upd, cla_name), [WEB]);
@@ -288,8 +293,7 @@ async fn delta_subscriptions_removals_and_initial_versions() {
         "shop",
         "db",
     ));
-    let (mesh, changes) = h.index.snapshot();
-    h.push.push(mesh, &changes);
+    h.publish();
     let mut seen_web = false;
     for _ in 0..2 {
         let r = next(&mut stream).await;
@@ -406,6 +410,26 @@ async fn arrives<R: Response>(
     tokio::time::timeout(wait, next_of(s, t)).await.ok()
 }
 
+/// The node of the `i`th client proxy of the window tests.
+fn client_node(i: usize) -> Node {
+    Node {
+        id: format!("sidecar~10.9.9.{i}~client-{i}.shop~shop.svc.cluster.local"),
+        ..Default::default()
+    }
+}
+
+/// Which of two proxies gets a response of type `t` first, and the response.
+async fn first_of<S, R: Response>(
+    proxies: &mut [(S, tonic::Streaming<R>); 2],
+    t: XdsType,
+) -> (usize, R) {
+    let [(_, a), (_, b)] = proxies;
+    tokio::select! {
+        r = next_of(a, t) => (0, r),
+        r = next_of(b, t) => (1, r),
+    }
+}
+
 #[tokio::test]
 async fn large_route_pushes_wait_for_room_and_load_assignments_do_not() {
     // About 1.5 MB of routes on port 8080, a 1 MB window: one proxy's update fills it.
@@ -417,10 +441,7 @@ async fn large_route_pushes_wait_for_room_and_load_assignments_do_not() {
     for i in 0..2 {
         let (tx, rx) = mpsc::channel(16);
         let mut first = delta_req(XdsType::Route, &["8080"], &[], "");
-        first.node = Some(Node {
-            id: format!("sidecar~10.9.9.{i}~client-{i}.shop~shop.svc.cluster.local"),
-            ..Default::default()
-        });
+        first.node = Some(client_node(i));
         tx.send(first).await.expect("send");
         tx.send(delta_req(XdsType::Endpoint, &[WEB], &[], ""))
             .await
@@ -443,17 +464,11 @@ async fn large_route_pushes_wait_for_room_and_load_assignments_do_not() {
 
     // A new service on 8080: both route configurations change, and only one fits the window.
     h.index.apply(mk_service("new", "shop", &[8080]));
-    let (mesh, changes) = h.index.snapshot();
-    h.push.push(mesh, &changes);
-    let (first, second) = {
-        let (a, b) = proxies.split_at_mut(1);
-        let (a, b) = (&mut a[0], &mut b[0]);
-        tokio::select! {
-            r = next_of(&mut a.1, XdsType::Route) => ((a, r), b),
-            r = next_of(&mut b.1, XdsType::Route) => ((b, r), a),
-        }
-    };
-    let ((first_tx, _first_stream), routes) = first;
+    h.publish();
+    let mut proxies: [_; 2] = proxies.try_into().expect("two proxies");
+    let (got, routes) = first_of(&mut proxies, XdsType::Route).await;
+    let [a, b] = &mut proxies;
+    let (first_tx, second) = if got == 0 { (&a.0, b) } else { (&b.0, a) };
     assert!(
         routes.resources[0]
             .resource
@@ -473,8 +488,7 @@ async fn large_route_pushes_wait_for_room_and_load_assignments_do_not() {
     // An endpoint change reaches the proxy that waits, at once.
     h.index
         .apply(mk_slice("web-1", "shop", "web", &["10.0.0.7"], &[8080]));
-    let (mesh, changes) = h.index.snapshot();
-    h.push.push(mesh, &changes);
+    h.publish();
     let eds = next_of(&mut second.1, XdsType::Endpoint).await;
     assert_eq!(delta_names(&eds), [WEB]);
 
@@ -502,10 +516,7 @@ async fn state_of_the_world_large_pushes_are_paced_too() {
     for i in 0..2 {
         let (tx, rx) = mpsc::channel(16);
         let mut first = req(XdsType::Route, &["8080"], "", "");
-        first.node = Some(Node {
-            id: format!("sidecar~10.9.9.{i}~client-{i}.shop~shop.svc.cluster.local"),
-            ..Default::default()
-        });
+        first.node = Some(client_node(i));
         tx.send(first).await.expect("send");
         tx.send(req(XdsType::Endpoint, &[WEB], "", ""))
             .await
@@ -526,17 +537,11 @@ async fn state_of_the_world_large_pushes_are_paced_too() {
     }
 
     h.index.apply(mk_service("new", "shop", &[8080]));
-    let (mesh, changes) = h.index.snapshot();
-    h.push.push(mesh, &changes);
-    let (first, second) = {
-        let (a, b) = proxies.split_at_mut(1);
-        let (a, b) = (&mut a[0], &mut b[0]);
-        tokio::select! {
-            r = next_of(&mut a.1, XdsType::Route) => ((a, r), b),
-            r = next_of(&mut b.1, XdsType::Route) => ((b, r), a),
-        }
-    };
-    let ((first_tx, _first_stream), routes) = first;
+    h.publish();
+    let mut proxies: [_; 2] = proxies.try_into().expect("two proxies");
+    let (got, routes) = first_of(&mut proxies, XdsType::Route).await;
+    let [a, b] = &mut proxies;
+    let (first_tx, second) = if got == 0 { (&a.0, b) } else { (&b.0, a) };
     assert!(routes.resources[0].value.len() > 1 << 20);
     assert!(
         arrives(&mut second.1, XdsType::Route, Duration::from_millis(300))
@@ -547,8 +552,7 @@ async fn state_of_the_world_large_pushes_are_paced_too() {
 
     h.index
         .apply(mk_slice("web-1", "shop", "web", &["10.0.0.7"], &[8080]));
-    let (mesh, changes) = h.index.snapshot();
-    h.push.push(mesh, &changes);
+    h.publish();
     let eds = next_of(&mut second.1, XdsType::Endpoint).await;
     assert_eq!(names(&eds, cla_name), [WEB]);
 
