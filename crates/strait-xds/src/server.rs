@@ -637,7 +637,8 @@ async fn sotw_push(
         Some(p) => payload_len(p),
         None => payload_len(view.iter()),
     };
-    let Admit::Go(share) = conn.admit(t, matches!(mode, SotwMode::Update), bytes) else {
+    let pushed = matches!(mode, SotwMode::Update);
+    let Admit::Go(share) = conn.admit(t, pushed, bytes) else {
         return Ok(());
     };
     let resources = picked.unwrap_or_else(|| view.iter().cloned().collect());
@@ -660,7 +661,7 @@ async fn sotw_push(
         st.names.len()
     };
     conn.sent(t, &nonce, &version, bytes, holds);
-    conn.turn.hold(t, &nonce, share);
+    conn.turn.hold(t, &nonce, pushed, share);
     tx.send_sotw(&resp, &conn.sections).await
 }
 
@@ -936,6 +937,6 @@ async fn delta_push(
         st.names.len()
     };
     conn.sent(t, &nonce, &version, bytes, holds);
-    conn.turn.hold(t, &nonce, share);
+    conn.turn.hold(t, &nonce, pushed, share);
     tx.send_delta(&resp, &conn.sections).await
 }

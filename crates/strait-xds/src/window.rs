@@ -11,13 +11,20 @@
 //! updates, which are never held back, and gets the large response once there is room,
 //! built from the snapshot of that moment. Responses a proxy asks for (its first, a new
 //! subscription) are never held back either.
+//!
+//! Load assignments also go first across proxies ([`Urgent`]): while load-assignment (or
+//! secret) pushes wait for their ACKs, no large response starts, so a wave of new routes does
+//! not take the CPU and the sockets from an endpoint update. The pause is bounded: it ends
+//! when every such push is answered, or [`YIELD_MAX`] after it began, so continuous endpoint
+//! churn cannot stop configuration from reaching the proxies.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::resource::XdsType;
@@ -29,12 +36,77 @@ pub const LARGE_RESPONSE: usize = 64 * 1024;
 pub const HOLD_MAX: Duration = Duration::from_secs(5);
 /// The default window, in megabytes.
 pub const DEFAULT_WINDOW_MB: u32 = 8;
+/// Large responses wait for unanswered load-assignment pushes at most this long after the
+/// first of them was sent.
+pub const YIELD_MAX: Duration = Duration::from_millis(500);
+/// A load-assignment push not answered within this time stops holding large responses back.
+pub const URGENT_MAX: Duration = Duration::from_secs(2);
+
+/// Load-assignment and secret pushes not yet answered, across all proxies.
+#[derive(Debug, Default)]
+pub struct Urgent {
+    unanswered: AtomicUsize,
+    /// When the count last left zero.
+    since: Mutex<Option<Instant>>,
+    quiet: Notify,
+}
+
+impl Urgent {
+    fn since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.since.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn mark(self: &Arc<Self>) -> UrgentMark {
+        if self.unanswered.fetch_add(1, Ordering::AcqRel) == 0 {
+            *self.since() = Some(Instant::now());
+        }
+        UrgentMark(self.clone())
+    }
+
+    /// Until when large responses are held back (None: they are not).
+    fn paused_until(&self) -> Option<Instant> {
+        if self.unanswered.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let until = (*self.since())? + YIELD_MAX;
+        (Instant::now() < until).then_some(until)
+    }
+
+    /// Returns once large responses may start.
+    async fn wait(&self) {
+        loop {
+            let quiet = self.quiet.notified();
+            let mut quiet = std::pin::pin!(quiet);
+            quiet.as_mut().enable();
+            let Some(until) = self.paused_until() else {
+                return;
+            };
+            tokio::select! {
+                () = quiet => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+}
+
+/// One unanswered load-assignment push; dropped when answered.
+#[derive(Debug)]
+struct UrgentMark(Arc<Urgent>);
+
+impl Drop for UrgentMark {
+    fn drop(&mut self) {
+        if self.0.unanswered.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.quiet.notify_waiters();
+        }
+    }
+}
 
 /// The shared window.
 #[derive(Debug)]
 pub struct PushWindow {
     permits: Arc<Semaphore>,
     kb: u32,
+    urgent: Arc<Urgent>,
 }
 
 impl PushWindow {
@@ -44,6 +116,7 @@ impl PushWindow {
         Self {
             permits: Arc::new(Semaphore::new(kb as usize)),
             kb,
+            urgent: Arc::default(),
         }
     }
 
@@ -58,16 +131,26 @@ impl PushWindow {
     }
 
     fn try_take(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        if self.urgent.paused_until().is_some() {
+            return None;
+        }
         self.permits
             .clone()
             .try_acquire_many_owned(self.need(bytes))
             .ok()
     }
 
+    /// A share, once there is room and no load-assignment push is waiting for its ACKs. The
+    /// share is taken first, so a stream keeps its place while load assignments go.
     fn take(&self, bytes: usize) -> Waiting {
         let permits = self.permits.clone();
+        let urgent = self.urgent.clone();
         let need = self.need(bytes);
-        Box::pin(async move { permits.acquire_many_owned(need).await.ok() })
+        Box::pin(async move {
+            let share = permits.acquire_many_owned(need).await.ok();
+            urgent.wait().await;
+            share
+        })
     }
 }
 
@@ -88,10 +171,20 @@ struct Held {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A load-assignment or secret push whose answer large responses wait for.
+struct Answer {
+    t: XdsType,
+    nonce: u64,
+    since: Instant,
+    _mark: UrgentMark,
+}
+
 /// One stream's side of the window.
 pub(crate) struct Turn {
     window: Arc<PushWindow>,
     held: Vec<Held>,
+    /// At most one per type: a newer push replaces the older one.
+    awaited: Vec<Answer>,
     waiting: Option<Waiting>,
     /// When the stream started waiting for its turn.
     waiting_since: Option<Instant>,
@@ -113,6 +206,7 @@ impl Turn {
         Self {
             window,
             held: Vec::new(),
+            awaited: Vec::new(),
             waiting: None,
             waiting_since: None,
             granted: None,
@@ -142,9 +236,20 @@ impl Turn {
         Admit::Wait
     }
 
-    /// Keeps the share a response took, if any, until `nonce` of `t` is acknowledged.
-    pub(crate) fn hold(&mut self, t: XdsType, nonce: &str, share: Option<OwnedSemaphorePermit>) {
-        if let (Some(permit), Ok(nonce)) = (share, nonce.parse()) {
+    /// Keeps the share a response took, if any, until `nonce` of `t` is acknowledged. A load
+    /// assignment or secret sent after a change (`pushed`) holds large responses back until
+    /// it is answered.
+    pub(crate) fn hold(
+        &mut self,
+        t: XdsType,
+        nonce: &str,
+        pushed: bool,
+        share: Option<OwnedSemaphorePermit>,
+    ) {
+        let Ok(nonce) = nonce.parse() else {
+            return;
+        };
+        if let Some(permit) = share {
             self.held.push(Held {
                 t,
                 nonce,
@@ -152,16 +257,26 @@ impl Turn {
                 _permit: permit,
             });
         }
+        if pushed && !gated(t) && self.window.kb > 0 {
+            self.awaited.retain(|a| a.t != t);
+            self.awaited.push(Answer {
+                t,
+                nonce,
+                since: Instant::now(),
+                _mark: self.window.urgent.mark(),
+            });
+        }
     }
 
     /// The proxy answered `nonce` of `t` (ACK or NACK): shares held for it and earlier
     /// responses of the type are given back.
     pub(crate) fn settled(&mut self, t: XdsType, nonce: &str) {
-        if self.held.is_empty() {
+        if self.held.is_empty() && self.awaited.is_empty() {
             return;
         }
         if let Ok(n) = nonce.parse::<u64>() {
             self.held.retain(|h| h.t != t || h.nonce > n);
+            self.awaited.retain(|a| a.t != t || a.nonce > n);
         }
     }
 
@@ -173,18 +288,19 @@ impl Turn {
 
     /// Whether [`Turn::next`] has anything to wait for.
     pub(crate) fn active(&self) -> bool {
-        self.waiting.is_some() || !self.held.is_empty()
+        self.waiting.is_some() || !self.held.is_empty() || !self.awaited.is_empty()
     }
 
     /// Waits for the stream's turn (`Some`: push the held-back types now; how long the stream
-    /// waited) or for a share to outlive [`HOLD_MAX`] (`None`, after giving it back).
+    /// waited) or for a share to outlive [`HOLD_MAX`] or an awaited answer [`URGENT_MAX`]
+    /// (`None`, after letting them go).
     pub(crate) async fn next(&mut self) -> Option<Duration> {
         let expiry = self
             .held
             .iter()
-            .map(|h| h.since)
-            .min()
-            .map(|s| s + HOLD_MAX);
+            .map(|h| h.since + HOLD_MAX)
+            .chain(self.awaited.iter().map(|a| a.since + URGENT_MAX))
+            .min();
         let sleep = async {
             match expiry {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -207,6 +323,7 @@ impl Turn {
             () = sleep => {
                 let now = Instant::now();
                 self.held.retain(|h| now.duration_since(h.since) < HOLD_MAX);
+                self.awaited.retain(|a| now.duration_since(a.since) < URGENT_MAX);
                 None
             }
         }
@@ -230,7 +347,7 @@ mod tests {
         let Admit::Go(Some(p)) = a.admit(XdsType::Route, 1 << 20) else {
             panic!("first large response held back");
         };
-        a.hold(XdsType::Route, "7", Some(p));
+        a.hold(XdsType::Route, "7", true, Some(p));
         assert_eq!(window.available_kb(), 0);
         // B's large route response waits; its load assignments and small clusters do not.
         assert!(matches!(b.admit(XdsType::Route, 100 << 10), Admit::Wait));
@@ -271,7 +388,7 @@ mod tests {
         let Admit::Go(Some(p)) = a.admit(XdsType::Route, 1 << 20) else {
             panic!("held back");
         };
-        a.hold(XdsType::Route, "9", Some(p));
+        a.hold(XdsType::Route, "9", true, Some(p));
         assert!(matches!(b.admit(XdsType::Route, 100 << 10), Admit::Wait));
         a.settled(XdsType::Route, "9");
         assert!(b.next().await.is_some());
@@ -287,13 +404,91 @@ mod tests {
         let Admit::Go(Some(p)) = a.admit(XdsType::Cluster, 2 << 20) else {
             panic!("held back");
         };
-        a.hold(XdsType::Cluster, "1", Some(p));
+        a.hold(XdsType::Cluster, "1", true, Some(p));
         assert_eq!(window.available_kb(), 0);
         let started = Instant::now();
         assert!(a.next().await.is_none());
         assert!(started.elapsed() >= HOLD_MAX);
         assert_eq!(window.available_kb(), 1024);
         assert!(!a.active());
+    }
+
+    #[tokio::test]
+    async fn large_responses_wait_for_load_assignments_to_be_answered() {
+        let window = Arc::new(PushWindow::new(8));
+        let mut a = turn(&window);
+        let mut b = turn(&window);
+        // Answers to what a proxy asked for hold nothing back.
+        a.hold(XdsType::Endpoint, "1", false, None);
+        assert!(!a.active());
+        assert!(matches!(
+            b.admit(XdsType::Route, 100 << 10),
+            Admit::Go(Some(_))
+        ));
+        b.end_of_turn();
+        // A pushed load assignment does, on every stream, until it is answered.
+        a.hold(XdsType::Endpoint, "2", true, None);
+        assert!(a.active());
+        assert!(matches!(b.admit(XdsType::Route, 100 << 10), Admit::Wait));
+        // Small responses and other load assignments still go.
+        assert!(matches!(
+            b.admit(XdsType::Cluster, 1 << 10),
+            Admit::Go(None)
+        ));
+        assert!(matches!(
+            b.admit(XdsType::Endpoint, 1 << 20),
+            Admit::Go(None)
+        ));
+        let granted = tokio::spawn(async move {
+            let pushed = b.next().await;
+            (pushed, b)
+        });
+        tokio::task::yield_now().await;
+        assert!(!granted.is_finished());
+        // An answer to an older nonce or another type is not the one awaited.
+        a.settled(XdsType::Endpoint, "1");
+        a.settled(XdsType::Route, "2");
+        tokio::task::yield_now().await;
+        assert!(!granted.is_finished());
+        a.settled(XdsType::Endpoint, "2");
+        let (pushed, mut b) = granted.await.expect("task");
+        assert!(pushed.is_some());
+        assert!(!a.active());
+        assert!(matches!(
+            b.admit(XdsType::Route, 100 << 10),
+            Admit::Go(Some(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn load_assignments_hold_large_responses_back_for_a_bounded_time() {
+        let window = Arc::new(PushWindow::new(8));
+        let mut a = turn(&window);
+        let mut b = turn(&window);
+        let started = Instant::now();
+        // A proxy that never answers, and a newer push replacing the older one.
+        a.hold(XdsType::Endpoint, "1", true, None);
+        a.hold(XdsType::Endpoint, "2", true, None);
+        assert!(matches!(b.admit(XdsType::Listener, 1 << 20), Admit::Wait));
+        assert!(b.next().await.is_some());
+        assert!(started.elapsed() >= YIELD_MAX);
+        assert!(started.elapsed() < URGENT_MAX);
+        b.end_of_turn();
+        // Still unanswered, but the pause is over: the next large response goes at once.
+        assert!(matches!(
+            b.admit(XdsType::Listener, 1 << 20),
+            Admit::Go(Some(_))
+        ));
+        // The unanswered push is let go after URGENT_MAX.
+        assert!(a.next().await.is_none());
+        assert!(started.elapsed() >= URGENT_MAX);
+        assert!(!a.active());
+        assert_eq!(window.urgent.unanswered.load(Ordering::Acquire), 0);
+        // A new push starts a new pause.
+        a.hold(XdsType::Secret, "3", true, None);
+        assert!(window.urgent.paused_until().is_some());
+        drop(a);
+        assert!(window.urgent.paused_until().is_none());
     }
 
     #[test]
@@ -310,6 +505,8 @@ mod tests {
     fn without_a_window_nothing_waits() {
         let window = Arc::new(PushWindow::new(0));
         let mut a = turn(&window);
+        a.hold(XdsType::Endpoint, "1", true, None);
+        assert!(!a.active());
         assert!(matches!(
             a.admit(XdsType::Route, 100 << 20),
             Admit::Go(None)
