@@ -462,19 +462,39 @@ impl DirSource {
         if tx.send(Event::Synced.into()).await.is_err() {
             return Ok(());
         }
-        // The paths a notification names; `None` when it cannot say (a queue overflow, an
-        // error): then everything is scanned.
-        let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<Option<Vec<PathBuf>>>();
+        // The paths a notification names, each with whether it may still be being written;
+        // `None` when it cannot say (a queue overflow, an error): then everything is scanned.
+        let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<Notice>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            let paths = match res {
-                // Reads (our own scans open every file) change nothing: reacting to them
-                // would make each scan trigger the next.
-                Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => return,
+            let notice = match res {
                 Ok(e) if e.need_rescan() || e.paths.is_empty() => None,
-                Ok(e) => Some(e.paths),
+                Ok(e) => match progress(&e.kind) {
+                    // Reads (our own scans open every file) change nothing: reacting to them
+                    // would make each scan trigger the next.
+                    None => return,
+                    Some(Progress::Renamed) => {
+                        // A rename names its source then its destination: the destination is
+                        // complete, the source is gone (it may be replaced next).
+                        let last = e.paths.len() - 1;
+                        let paths = e.paths.into_iter().enumerate();
+                        Some(
+                            paths
+                                .map(|(i, p)| {
+                                    let done = if i == last {
+                                        Progress::Done
+                                    } else {
+                                        Progress::Writing
+                                    };
+                                    (p, done)
+                                })
+                                .collect(),
+                        )
+                    }
+                    Some(progress) => Some(e.paths.into_iter().map(|p| (p, progress)).collect()),
+                },
                 Err(_) => None,
             };
-            let _ = notify_tx.send(paths);
+            let _ = notify_tx.send(notice);
         })
         .and_then(|mut w| {
             w.watch(&self.root, notify::RecursiveMode::Recursive)?;
@@ -491,7 +511,11 @@ impl DirSource {
                 None
             }
         };
-        let mut poll = tokio::time::interval(self.opts.poll_interval);
+        // The first poll comes one interval after the initial scan, not at once.
+        let mut poll = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.opts.poll_interval,
+            self.opts.poll_interval,
+        );
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // The paths reported since the last scan; `None`: scan everything.
@@ -503,16 +527,24 @@ impl DirSource {
                         poll.tick().await;
                     }
                     Some(first) => {
-                        // Let a burst of writes (an editor saving, a `cp -r`) finish.
-                        tokio::time::sleep(self.opts.settle).await;
-                        let mut paths = first.map(BTreeSet::from_iter);
-                        while let Ok(more) = notify_rx.try_recv() {
-                            match (&mut paths, more) {
-                                (Some(p), Some(more)) => p.extend(more),
-                                _ => paths = None,
+                        // Let the writes in progress finish: a file being written is read
+                        // once it is closed or renamed into place, or after the settle time.
+                        let mut batch = Batch::default();
+                        batch.add(&self, first);
+                        let deadline = tokio::time::Instant::now() + self.opts.settle;
+                        loop {
+                            while let Ok(more) = notify_rx.try_recv() {
+                                batch.add(&self, more);
+                            }
+                            if batch.complete() {
+                                break;
+                            }
+                            match tokio::time::timeout_at(deadline, notify_rx.recv()).await {
+                                Ok(Some(more)) => batch.add(&self, more),
+                                Ok(None) | Err(_) => break,
                             }
                         }
-                        reported = paths;
+                        reported = batch.paths;
                     }
                 },
                 _ = poll.tick() => {}
@@ -524,6 +556,12 @@ impl DirSource {
             };
             match scanned {
                 Ok(events) => {
+                    debug!(
+                        changes = events.len(),
+                        files = reported.as_ref().map(BTreeSet::len),
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "config directory scanned"
+                    );
                     if !events.is_empty() {
                         info!(
                             changes = events.len(),
@@ -543,6 +581,78 @@ impl DirSource {
                 }
             }
         }
+    }
+}
+
+/// What a file-system notification says of the paths it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Complete: closed after writing, renamed into place, its attributes changed.
+    Done,
+    /// Possibly half-written or about to be replaced: created, written, removed.
+    Writing,
+    /// Renamed: its first paths are the sources, the last the destination.
+    Renamed,
+}
+
+/// The paths of one notification with their progress; `None`: scan everything.
+type Notice = Option<Vec<(PathBuf, Progress)>>;
+
+/// What a notification of `kind` says; `None` for reads, which change nothing.
+fn progress(kind: &notify::EventKind) -> Option<Progress> {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+    Some(match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Progress::Done,
+        EventKind::Access(_) => return None,
+        EventKind::Create(CreateKind::Folder) => Progress::Done,
+        EventKind::Modify(ModifyKind::Metadata(_)) => Progress::Done,
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Progress::Done,
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => Progress::Renamed,
+        _ => Progress::Writing,
+    })
+}
+
+/// The notifications gathered before a scan.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Paths reported; `None`: everything is to be scanned.
+    paths: Option<BTreeSet<PathBuf>>,
+    /// Reported, visible paths whose last notification left them possibly half-written.
+    writing: BTreeSet<PathBuf>,
+    /// A notification could not name its paths.
+    unknown: bool,
+}
+
+impl Batch {
+    fn add(&mut self, dir: &DirSource, notice: Notice) {
+        let Some(list) = notice else {
+            self.unknown = true;
+            self.paths = None;
+            return;
+        };
+        if !self.unknown {
+            self.paths
+                .get_or_insert_with(BTreeSet::new)
+                .extend(list.iter().map(|(p, _)| p.clone()));
+        }
+        for (path, progress) in list {
+            // Hidden files are never read: a writer's temporary, or a ConfigMap volume's
+            // data, whose link is swapped (renamed) once everything is written.
+            if dir.hidden(&path) != Some(false) {
+                continue;
+            }
+            if progress == Progress::Done {
+                self.writing.remove(&path);
+            } else {
+                self.writing.insert(path);
+            }
+        }
+    }
+
+    /// Whether nothing reported may still be being written.
+    fn complete(&self) -> bool {
+        !self.unknown && self.writing.is_empty()
     }
 }
 
@@ -843,6 +953,61 @@ mod tests {
             .await
             .expect("change seen");
         assert!(matches!(next.map(|e| e.event), Some(Event::Apply(_))));
+        task.abort();
+    }
+
+    /// A file renamed into place, or closed after writing, is read at once; one still being
+    /// written is not read before it is closed.
+    #[tokio::test]
+    async fn complete_files_are_read_at_once_and_half_written_ones_when_closed() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "a.yaml", &svc("a", 80));
+        let settle = Duration::from_secs(20);
+        let src = DirSource::new(
+            dir.path(),
+            DirOptions {
+                poll_interval: Duration::from_secs(3600),
+                settle,
+                ..DirOptions::default()
+            },
+        );
+        let problems = src.problems();
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(src.run(tx));
+        while !matches!(rx.recv().await.map(|e| e.event), Some(Event::Synced) | None) {}
+        let applied = async |rx: &mut mpsc::Receiver<ClusterEvent>| {
+            // Well before the settle time: the scan was not waiting for it.
+            let next = tokio::time::timeout(settle / 4, rx.recv())
+                .await
+                .expect("read before the settle time");
+            match next.map(|e| e.event) {
+                Some(Event::Apply(o)) => o,
+                other => panic!("expected an object, got {other:?}"),
+            }
+        };
+
+        // Written to a hidden temporary and renamed into place.
+        std::fs::write(dir.path().join(".b.yaml.tmp"), svc("b", 80)).expect("write");
+        std::fs::rename(dir.path().join(".b.yaml.tmp"), dir.path().join("b.yaml")).expect("mv");
+        assert_eq!(applied(&mut rx).await.reference().name, "b");
+
+        // Written in two parts; the first alone is a valid Service with one port.
+        let head = "apiVersion: v1\nkind: Service\nmetadata:\n  name: c\nspec:\n  ports:\n  - {name: a, port: 80}\n";
+        let mut f = std::fs::File::create(dir.path().join("c.yaml")).expect("create");
+        f.write_all(head.as_bytes()).expect("write");
+        f.flush().expect("flush");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        f.write_all(b"  - {name: b, port: 81}\n").expect("write");
+        drop(f);
+        let c = applied(&mut rx).await;
+        assert_eq!(c.reference().name, "c");
+        let Object::Service(c) = c.as_ref() else {
+            panic!("not a Service: {c:?}");
+        };
+        let ports = c.spec.as_ref().and_then(|s| s.ports.as_ref()).map(Vec::len);
+        assert_eq!(ports, Some(2), "read only once the file was closed");
+        assert!(problems.all().is_empty(), "{:?}", problems.all());
         task.abort();
     }
 }
