@@ -14,6 +14,7 @@ mod grpc;
 mod metrics;
 mod node;
 mod push;
+mod read_ahead;
 mod request;
 mod resource;
 mod server;

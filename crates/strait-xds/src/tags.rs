@@ -37,6 +37,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tracing::{debug, info, warn};
 
 use crate::PushController;
+use crate::read_ahead::ReadAhead;
 use crate::status::SyncRegistry;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -95,6 +96,7 @@ impl Connections {
             peer,
             closer,
             conns: self.clone(),
+            ahead: ReadAhead::default(),
         }
     }
 
@@ -130,6 +132,7 @@ pub struct TrackedStream {
     peer: Option<SocketAddr>,
     closer: Arc<Closer>,
     conns: Arc<Connections>,
+    ahead: ReadAhead,
 }
 
 impl Drop for TrackedStream {
@@ -171,7 +174,8 @@ impl AsyncRead for TrackedStream {
         if self.closer.is_closed() {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        this.ahead.poll_read(&mut this.inner, cx, buf)
     }
 }
 
