@@ -5,11 +5,15 @@
 //! [`ReadAhead`] reads what the socket holds, up to [`PIECE`], in one call and serves the
 //! codec's small reads from that copy. Its buffer is only borrowed while it holds unread
 //! bytes: once drained it goes back to a small per-thread spare list, so idle connections
-//! hold none and a busy server keeps about one per worker thread.
+//! hold none and a busy server keeps about one per worker thread. A connection whose reader
+//! stops halfway (HTTP/2 stops reading while its writes are blocked) keeps its buffer, so at
+//! most [`HELD_MAX`] buffers are held at once; beyond that, reads go straight to the socket
+//! and unread bytes stay in the kernel.
 
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
@@ -18,6 +22,11 @@ use tokio::io::{AsyncRead, ReadBuf};
 pub const PIECE: usize = 64 * 1024;
 /// Drained buffers each thread keeps for the next read.
 const SPARE: usize = 8;
+/// Buffers holding unread bytes, across all connections, at most (4 MB).
+pub const HELD_MAX: usize = 64;
+
+/// Buffers holding unread bytes now.
+static HELD: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static SPARES: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
@@ -59,16 +68,17 @@ impl ReadAhead {
             return Poll::Ready(Ok(()));
         }
         if self.start == self.end {
-            if out.remaining() >= PIECE {
+            if out.remaining() >= PIECE || HELD.load(Ordering::Relaxed) >= HELD_MAX {
                 return Pin::new(inner).poll_read(cx, out);
             }
-            let mut buf = self.buf.take().unwrap_or_else(borrow);
+            let mut buf = borrow();
             let mut piece = ReadBuf::new(&mut buf);
             match Pin::new(inner).poll_read(cx, &mut piece) {
                 Poll::Ready(Ok(())) if !piece.filled().is_empty() => {
                     self.start = 0;
                     self.end = piece.filled().len();
                     self.buf = Some(buf);
+                    HELD.fetch_add(1, Ordering::Relaxed);
                 }
                 other => {
                     give_back(buf);
@@ -93,6 +103,7 @@ impl ReadAhead {
         self.start = 0;
         self.end = 0;
         if let Some(buf) = self.buf.take() {
+            HELD.fetch_sub(1, Ordering::Relaxed);
             give_back(buf);
         }
     }
@@ -188,6 +199,38 @@ mod tests {
         assert_eq!(read(&mut ahead, &mut r, PIECE).await, b"cdef");
         assert!(!ahead.holds());
         assert_eq!(r.reads, 2);
+    }
+
+    #[tokio::test]
+    async fn at_most_a_bounded_number_of_buffers_is_held() {
+        let mut held = Vec::new();
+        let mut direct = None;
+        // Other tests may hold a buffer or two at the same time.
+        for _ in 0..HELD_MAX + 4 {
+            let (mut tx, rx) = tokio::io::duplex(PIECE);
+            tx.write_all(b"abcdef").await.expect("write");
+            let mut r = Counted {
+                inner: rx,
+                reads: 0,
+            };
+            let mut ahead = ReadAhead::default();
+            assert_eq!(read(&mut ahead, &mut r, 2).await, b"ab");
+            if !ahead.holds() {
+                // Past the bound: the read went to the socket, which keeps the rest.
+                assert_eq!(read(&mut ahead, &mut r, 16).await, b"cdef");
+                direct = Some(held.len());
+                break;
+            }
+            held.push((tx, r, ahead));
+        }
+        let direct = direct.expect("a read past the bound");
+        assert!(direct <= HELD_MAX, "{direct} buffers held");
+        // Draining a held buffer gives it back: the next reader may hold one again.
+        let (_tx, mut r, mut ahead) = held.pop().expect("held");
+        assert_eq!(read(&mut ahead, &mut r, 16).await, b"cdef");
+        assert!(!ahead.holds());
+        drop(held);
+        assert!(HELD.load(Ordering::Relaxed) < HELD_MAX);
     }
 
     #[tokio::test]
