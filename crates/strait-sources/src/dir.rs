@@ -462,39 +462,11 @@ impl DirSource {
         if tx.send(Event::Synced.into()).await.is_err() {
             return Ok(());
         }
-        // The paths a notification names, each with whether it may still be being written;
-        // `None` when it cannot say (a queue overflow, an error): then everything is scanned.
         let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<Notice>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            let notice = match res {
-                Ok(e) if e.need_rescan() || e.paths.is_empty() => None,
-                Ok(e) => match progress(&e.kind) {
-                    // Reads (our own scans open every file) change nothing: reacting to them
-                    // would make each scan trigger the next.
-                    None => return,
-                    Some(Progress::Renamed) => {
-                        // A rename names its source then its destination: the destination is
-                        // complete, the source is gone (it may be replaced next).
-                        let last = e.paths.len() - 1;
-                        let paths = e.paths.into_iter().enumerate();
-                        Some(
-                            paths
-                                .map(|(i, p)| {
-                                    let done = if i == last {
-                                        Progress::Done
-                                    } else {
-                                        Progress::Writing
-                                    };
-                                    (p, done)
-                                })
-                                .collect(),
-                        )
-                    }
-                    Some(progress) => Some(e.paths.into_iter().map(|p| (p, progress)).collect()),
-                },
-                Err(_) => None,
-            };
-            let _ = notify_tx.send(notice);
+            if let Some(notice) = Notice::of(res) {
+                let _ = notify_tx.send(notice);
+            }
         })
         .and_then(|mut w| {
             w.watch(&self.root, notify::RecursiveMode::Recursive)?;
@@ -584,57 +556,89 @@ impl DirSource {
     }
 }
 
-/// What a file-system notification says of the paths it names.
+/// Whether a notified path may still be being written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Progress {
     /// Complete: closed after writing, renamed into place, its attributes changed.
     Done,
     /// Possibly half-written or about to be replaced: created, written, removed.
     Writing,
-    /// Renamed: its first paths are the sources, the last the destination.
-    Renamed,
 }
 
-/// The paths of one notification with their progress; `None`: scan everything.
-type Notice = Option<Vec<(PathBuf, Progress)>>;
+/// What one file-system notification says.
+#[derive(Debug)]
+enum Notice {
+    /// These paths changed.
+    Paths(Vec<(PathBuf, Progress)>),
+    /// The watcher cannot say what changed (a queue overflow, an error): scan everything.
+    Everything,
+}
 
-/// What a notification of `kind` says; `None` for reads, which change nothing.
-fn progress(kind: &notify::EventKind) -> Option<Progress> {
-    use notify::EventKind;
-    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-    Some(match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Progress::Done,
-        EventKind::Access(_) => return None,
-        EventKind::Create(CreateKind::Folder) => Progress::Done,
-        EventKind::Modify(ModifyKind::Metadata(_)) => Progress::Done,
-        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Progress::Done,
-        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => Progress::Renamed,
-        _ => Progress::Writing,
-    })
+impl Notice {
+    /// `None` for reads, which change nothing: our own scans open every file, and reacting
+    /// to them would make each scan trigger the next.
+    fn of(res: notify::Result<notify::Event>) -> Option<Notice> {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+        let e = match res {
+            Ok(e) if !e.need_rescan() && !e.paths.is_empty() => e,
+            _ => return Some(Notice::Everything),
+        };
+        let progress = match e.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Create(CreateKind::Folder)
+            | EventKind::Modify(ModifyKind::Metadata(_) | ModifyKind::Name(RenameMode::To)) => {
+                Progress::Done
+            }
+            EventKind::Access(_) => return None,
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                // A rename names its sources, then its destination: the destination is
+                // complete, a source is gone (it may be replaced next).
+                let last = e.paths.len() - 1;
+                let paths = e.paths.into_iter().enumerate().map(|(i, p)| {
+                    let progress = if i == last {
+                        Progress::Done
+                    } else {
+                        Progress::Writing
+                    };
+                    (p, progress)
+                });
+                return Some(Notice::Paths(paths.collect()));
+            }
+            _ => Progress::Writing,
+        };
+        Some(Notice::Paths(
+            e.paths.into_iter().map(|p| (p, progress)).collect(),
+        ))
+    }
 }
 
 /// The notifications gathered before a scan.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Batch {
     /// Paths reported; `None`: everything is to be scanned.
     paths: Option<BTreeSet<PathBuf>>,
     /// Reported, visible paths whose last notification left them possibly half-written.
     writing: BTreeSet<PathBuf>,
-    /// A notification could not name its paths.
-    unknown: bool,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self {
+            paths: Some(BTreeSet::new()),
+            writing: BTreeSet::new(),
+        }
+    }
 }
 
 impl Batch {
     fn add(&mut self, dir: &DirSource, notice: Notice) {
-        let Some(list) = notice else {
-            self.unknown = true;
+        let Notice::Paths(list) = notice else {
             self.paths = None;
             return;
         };
-        if !self.unknown {
-            self.paths
-                .get_or_insert_with(BTreeSet::new)
-                .extend(list.iter().map(|(p, _)| p.clone()));
+        if let Some(paths) = &mut self.paths {
+            paths.extend(list.iter().map(|(p, _)| p.clone()));
         }
         for (path, progress) in list {
             // Hidden files are never read: a writer's temporary, or a ConfigMap volume's
@@ -652,7 +656,7 @@ impl Batch {
 
     /// Whether nothing reported may still be being written.
     fn complete(&self) -> bool {
-        !self.unknown && self.writing.is_empty()
+        self.paths.is_some() && self.writing.is_empty()
     }
 }
 

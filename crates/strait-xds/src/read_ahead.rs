@@ -34,12 +34,16 @@ thread_local! {
 
 fn borrow() -> Box<[u8]> {
     SPARES
-        .with(|s| s.borrow_mut().pop())
+        .try_with(|s| s.borrow_mut().pop())
+        .ok()
+        .flatten()
         .unwrap_or_else(|| vec![0u8; PIECE].into_boxed_slice())
 }
 
+/// Keeps `buf` for the next read, unless the thread has enough (or is ending: a connection
+/// dropped while thread-locals are torn down frees its buffer).
 fn give_back(buf: Box<[u8]>) {
-    SPARES.with(|s| {
+    let _ = SPARES.try_with(|s| {
         let mut s = s.borrow_mut();
         if s.len() < SPARE {
             s.push(buf);
@@ -50,7 +54,13 @@ fn give_back(buf: Box<[u8]>) {
 /// Bytes read from a socket and not yet handed to its reader.
 #[derive(Debug, Default)]
 pub(crate) struct ReadAhead {
-    buf: Option<Box<[u8]>>,
+    held: Option<Held>,
+}
+
+/// A borrowed buffer and the range of it not yet handed over (never empty).
+#[derive(Debug)]
+struct Held {
+    buf: Box<[u8]>,
     start: usize,
     end: usize,
 }
@@ -67,51 +77,48 @@ impl ReadAhead {
         if out.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if self.start == self.end {
-            if out.remaining() >= PIECE || HELD.load(Ordering::Relaxed) >= HELD_MAX {
-                return Pin::new(inner).poll_read(cx, out);
-            }
-            let mut buf = borrow();
-            let mut piece = ReadBuf::new(&mut buf);
-            match Pin::new(inner).poll_read(cx, &mut piece) {
-                Poll::Ready(Ok(())) if !piece.filled().is_empty() => {
-                    self.start = 0;
-                    self.end = piece.filled().len();
-                    self.buf = Some(buf);
-                    HELD.fetch_add(1, Ordering::Relaxed);
+        let held = match &mut self.held {
+            Some(held) => held,
+            None => {
+                if out.remaining() >= PIECE || HELD.load(Ordering::Relaxed) >= HELD_MAX {
+                    return Pin::new(inner).poll_read(cx, out);
                 }
-                other => {
-                    give_back(buf);
-                    return other;
+                let mut buf = borrow();
+                let mut piece = ReadBuf::new(&mut buf);
+                match Pin::new(inner).poll_read(cx, &mut piece) {
+                    Poll::Ready(Ok(())) if !piece.filled().is_empty() => {
+                        let end = piece.filled().len();
+                        HELD.fetch_add(1, Ordering::Relaxed);
+                        self.held.insert(Held { buf, start: 0, end })
+                    }
+                    other => {
+                        give_back(buf);
+                        return other;
+                    }
                 }
             }
-        }
-        let Some(buf) = &self.buf else {
-            return Poll::Ready(Ok(()));
         };
-        let n = out.remaining().min(self.end - self.start);
-        out.put_slice(&buf[self.start..self.start + n]);
-        self.start += n;
-        if self.start == self.end {
+        let n = out.remaining().min(held.end - held.start);
+        out.put_slice(&held.buf[held.start..held.start + n]);
+        held.start += n;
+        if held.start == held.end {
             self.release();
         }
         Poll::Ready(Ok(()))
     }
 
     /// Gives the buffer back (its unread bytes, if any, are dropped).
-    pub(crate) fn release(&mut self) {
-        self.start = 0;
-        self.end = 0;
-        if let Some(buf) = self.buf.take() {
+    fn release(&mut self) {
+        if let Some(held) = self.held.take() {
             HELD.fetch_sub(1, Ordering::Relaxed);
-            give_back(buf);
+            give_back(held.buf);
         }
     }
 
     /// Whether a buffer is held.
     #[cfg(test)]
     fn holds(&self) -> bool {
-        self.buf.is_some()
+        self.held.is_some()
     }
 }
 
