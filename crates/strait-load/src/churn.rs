@@ -421,6 +421,10 @@ pub struct Pending {
     excused: AtomicUsize,
     /// Nanoseconds since the tracker's epoch (0: not yet).
     written_ns: AtomicU64,
+    /// The first ACK (`u64::MAX`: none yet).
+    first_ack_ns: AtomicU64,
+    /// The ACK that brought `done` to half of `required` (0: not yet).
+    half_ack_ns: AtomicU64,
     last_ack_ns: AtomicU64,
 }
 
@@ -451,6 +455,11 @@ pub struct Outcome {
     /// Milliseconds from the write to the last proxy's ACK; `None` when not measured (not
     /// observable, or timed out).
     pub converged_ms: Option<f64>,
+    /// Milliseconds from the write to the first proxy's ACK: how long strait took to read,
+    /// debounce and build the change. `None` when no proxy ACKed it.
+    pub first_ack_ms: Option<f64>,
+    /// Milliseconds from the write to the ACK of half the proxies. `None` when fewer did.
+    pub half_ack_ms: Option<f64>,
     /// Proxies that ACKed it.
     pub proxies_done: usize,
     /// Proxies that had to.
@@ -501,6 +510,8 @@ impl Tracker {
                     id,
                     kind: change.kind,
                     converged_ms: None,
+                    first_ack_ms: None,
+                    half_ack_ms: None,
                     proxies_done: 0,
                     required: 0,
                     excused: 0,
@@ -518,6 +529,8 @@ impl Tracker {
             done: AtomicUsize::new(0),
             excused: AtomicUsize::new(0),
             written_ns: AtomicU64::new(0),
+            first_ack_ns: AtomicU64::new(u64::MAX),
+            half_ack_ns: AtomicU64::new(0),
             last_ack_ns: AtomicU64::new(0),
         });
         let mut active = self.active.write().unwrap_or_else(PoisonError::into_inner);
@@ -551,8 +564,13 @@ impl Tracker {
 
     /// A proxy ACKed a response that completed `p` for it, at `at`.
     pub fn record(&self, p: &Pending, at: Instant) {
-        p.last_ack_ns.fetch_max(self.ns(at), Ordering::AcqRel);
-        p.done.fetch_add(1, Ordering::AcqRel);
+        let ns = self.ns(at);
+        p.first_ack_ns.fetch_min(ns, Ordering::AcqRel);
+        p.last_ack_ns.fetch_max(ns, Ordering::AcqRel);
+        let done = p.done.fetch_add(1, Ordering::AcqRel) + 1;
+        if done == p.required.div_ceil(2) {
+            p.half_ack_ns.store(ns, Ordering::Release);
+        }
     }
 
     /// A proxy NACKed the response that would have given it `p`: it is not waited for.
@@ -578,12 +596,16 @@ impl Tracker {
                 continue;
             }
             let last = p.last_ack_ns.load(Ordering::Acquire);
-            let converged_ms =
-                (complete && p.done() > 0).then(|| last.saturating_sub(written) as f64 / 1e6);
+            let since = |at: u64| at.saturating_sub(written) as f64 / 1e6;
+            let converged_ms = (complete && p.done() > 0).then(|| since(last));
+            let first = p.first_ack_ns.load(Ordering::Acquire);
+            let half = p.half_ack_ns.load(Ordering::Acquire);
             outcomes.push(Outcome {
                 id: p.id,
                 kind: p.kind,
                 converged_ms,
+                first_ack_ms: (first != u64::MAX).then(|| since(first)),
+                half_ack_ms: (half != 0).then(|| since(half)),
                 proxies_done: p.done(),
                 required: p.required,
                 excused: p.excused(),
@@ -812,6 +834,9 @@ mod tests {
         let o = t.outcomes();
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].converged_ms, Some(300.0));
+        assert_eq!(o[0].first_ack_ms, Some(50.0));
+        // The second of three ACKs recorded (at 400 ms) brought it to half.
+        assert_eq!(o[0].half_ack_ms, Some(300.0));
         assert_eq!((o[0].proxies_done, o[0].excused), (3, 1));
         assert!(t.busy_services().is_empty());
     }

@@ -133,6 +133,12 @@ pub struct Report {
     pub endpoint_convergence_ms: Summary,
     /// `endpoint_convergence_ms.p99` minus the debounce quiet period.
     pub endpoint_p99_beyond_debounce_ms: f64,
+    /// From the write of an endpoint change to the first proxy's ACK of it, ms: strait's
+    /// read, debounce and build.
+    pub endpoint_first_ack_ms: Summary,
+    /// From the write of an endpoint change to the ACK that brought half the proxies to it,
+    /// ms: with the first ACK and the last, how the fan-out spreads.
+    pub endpoint_half_ack_ms: Summary,
     /// Change counts and convergence by kind.
     pub changes: Changes,
     /// strait's RSS once ready, before any proxy, MB.
@@ -269,6 +275,11 @@ impl Report {
                 e.p50, e.p90, e.p99, e.max, e.count, self.endpoint_p99_beyond_debounce_ms
             ),
         );
+        let (f, h) = (&self.endpoint_first_ack_ms, &self.endpoint_half_ack_ms);
+        row(
+            "  first ACK / half the proxies p50, p99",
+            format!("{:.0}, {:.0} / {:.0}, {:.0} ms", f.p50, f.p99, h.p50, h.p99),
+        );
         for (kind, k) in &self.changes.by_kind {
             row(
                 &format!("  {kind}"),
@@ -395,6 +406,8 @@ mod tests {
             id,
             kind,
             converged_ms: ms,
+            first_ack_ms: ms,
+            half_ack_ms: ms,
             proxies_done: 1,
             required: 1,
             excused: 0,
@@ -417,9 +430,12 @@ mod tests {
         };
         assert!(r.table().contains("scale_up"));
         assert!(r.table().contains("endpoint changes p50/p90/p99/max"));
+        assert!(r.table().contains("first ACK / half the proxies"));
         let json = serde_json::to_value(&r).expect("json");
         assert!(json["convergence_ms"]["p99"].is_number());
         assert!(json["endpoint_convergence_ms"]["p99"].is_number());
         assert!(json["endpoint_p99_beyond_debounce_ms"].is_number());
+        assert!(json["endpoint_first_ack_ms"]["p50"].is_number());
+        assert!(json["endpoint_half_ack_ms"]["p50"].is_number());
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use strait_load::churn::{ChurnMix, ChurnPlanner, Tracker};
+use strait_load::churn::{ChurnMix, ChurnPlanner, Outcome, Tracker};
 use strait_load::mesh::{MeshSpec, MeshState, proxy_ip};
 use strait_load::prom;
 use strait_load::proxy::{LoadShared, ProxyOptions, ProxySpec, run_proxy};
@@ -551,12 +551,15 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     let outcomes = tracker.outcomes();
     let changes = Changes::of(&outcomes);
     let convergence = Summary::of(outcomes.iter().filter_map(|o| o.converged_ms));
-    let endpoint_convergence = Summary::of(
-        outcomes
-            .iter()
-            .filter(|o| o.kind.is_endpoint())
-            .filter_map(|o| o.converged_ms),
-    );
+    let endpoint = |at: fn(&Outcome) -> Option<f64>| {
+        Summary::of(
+            outcomes
+                .iter()
+                .filter(|o| o.kind.is_endpoint() && o.converged_ms.is_some())
+                .filter_map(at),
+        )
+    };
+    let endpoint_convergence = endpoint(|o| o.converged_ms);
     let totals = shared.counters.snapshot();
     let (responses_per_change, bytes_per_change) = counters_per_change(&churn_counters, written);
     let cpu = |a: &Reading, b: &Reading| sampler.cpu_between(a, b);
@@ -588,6 +591,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         endpoint_p99_beyond_debounce_ms: (endpoint_convergence.p99 - args.debounce_ms as f64)
             .max(0.0),
         endpoint_convergence_ms: endpoint_convergence,
+        endpoint_first_ack_ms: endpoint(|o| o.first_ack_ms),
+        endpoint_half_ack_ms: endpoint(|o| o.half_ack_ms),
         changes,
         strait_rss_before_proxies_mb: rss_mb(&before),
         strait_rss_connected_mb: rss_mb(&connected),
