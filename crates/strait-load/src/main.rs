@@ -17,6 +17,33 @@ mod cmd;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The environment variable that sets how long mimalloc waits before it returns freed memory
+/// to the kernel (default 1 s; -1: never). It is read when the process loads.
+const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
+
+/// Runs this program again with mimalloc told never to return freed memory, unless the
+/// environment already says what to do. Each change's wave of responses and ACKs frees
+/// hundreds of megabytes; returned a second later, they were faulted in again (as zeroed
+/// huge pages) by a later wave, in bursts that took the CPU from strait on the shared cores
+/// and set the slowest changes' convergence times. Returns only if the program cannot be
+/// started again.
+fn keep_freed_memory() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(PURGE_DELAY).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(PURGE_DELAY, "-1")
+        .exec();
+    eprintln!(
+        "warning: cannot restart with {PURGE_DELAY}=-1 ({error}); freed memory goes back to the kernel"
+    );
+}
+
 /// Load harness for strait: a generated mesh, churn, and many simulated ADS proxies.
 #[derive(Parser)]
 #[command(
@@ -55,6 +82,7 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     init_tracing();
     // Thousands of connections: one descriptor each here, and one each in the strait we
