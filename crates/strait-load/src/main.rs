@@ -19,7 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The environment variable that sets how long mimalloc waits before it returns freed memory
 /// to the kernel (default 1 s; -1: never). It is read when the process loads.
-const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
+pub(crate) const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
 
 /// Runs this program again with mimalloc told never to return freed memory, unless the
 /// environment already says what to do. Each change's wave of responses and ACKs frees

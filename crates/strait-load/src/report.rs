@@ -172,6 +172,10 @@ pub struct Report {
     pub other_cpu_churn_seconds: f64,
     /// The harness's peak RSS, MB.
     pub load_peak_rss_mb: f64,
+    /// The harness's `MIMALLOC_PURGE_DELAY`: "-1" (freed memory is kept, the default), or
+    /// what the environment set; `None`: mimalloc's own default (freed memory goes back to
+    /// the kernel after 1 s).
+    pub load_mimalloc_purge_delay: Option<String>,
     /// Bytes of resources received by all proxies over the run, by type.
     pub bytes_sent: PerType,
     /// Responses received by all proxies over the run, by type.

@@ -45,6 +45,8 @@ fn run(extra: &[&str]) -> Value {
             "20",
         ])
         .args(extra)
+        // The harness sets it for itself (and reports it) when it is not set.
+        .env_remove("MIMALLOC_PURGE_DELAY")
         .arg("--strait-bin")
         .arg(strait_bin())
         .arg("--out")
@@ -83,6 +85,14 @@ fn assert_healthy_run(r: &Value, delta: bool) {
     assert_eq!(num(r, &["changes", "timed_out"]), 0.0, "{r:#}");
     assert!(num(r, &["convergence_ms", "p50"]) > 0.0);
     assert!(num(r, &["convergence_ms", "max"]) < 8000.0);
+    // For each change the first ACK comes no later than half the proxies', and that no
+    // later than the last; so do their medians.
+    let first = num(r, &["endpoint_first_ack_ms", "p50"]);
+    let half = num(r, &["endpoint_half_ack_ms", "p50"]);
+    let last = num(r, &["endpoint_convergence_ms", "p50"]);
+    assert!(0.0 < first && first <= half && half <= last, "{r:#}");
+    // The harness keeps the memory it frees.
+    assert_eq!(r["load_mimalloc_purge_delay"], "-1");
     assert_eq!(num(r, &["errors"]), 0.0, "{r:#}");
     assert_eq!(num(r, &["reconnects"]), 0.0);
     // strait measured from /proc.

@@ -609,6 +609,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         other_cpu_seconds: sampler.others_between(&r_start, &end),
         other_cpu_churn_seconds: sampler.others_between(&r_churn0, &r_churn1),
         load_peak_rss_mb: to_mb(peak_own),
+        load_mimalloc_purge_delay: std::env::var(crate::PURGE_DELAY).ok(),
         bytes_sent: per_type(totals.bytes, 1.0),
         responses: per_type(totals.responses, 1.0),
         responses_per_change,
